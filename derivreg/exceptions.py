@@ -1,9 +1,9 @@
 """Errors and warnings raised by derivreg.
 
 Every error derivreg raises on purpose is a subclass of :class:`DerivregError`; every warning
-about a doubtful fit or a data repair is a subclass of :class:`DerivregWarning`. Catch the base classes to
-handle all of them. Errors about bad input also subclass :class:`ValueError` so that generic code
-that expects ``ValueError`` keeps working.
+about a doubtful fit or a data repair is a subclass of :class:`DerivregWarning`. Catch the base
+classes to handle all of them. Errors about bad input also subclass :class:`ValueError` so that
+generic code that expects ``ValueError`` keeps working.
 """
 
 from __future__ import annotations
