@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from derivreg import accessor as _accessor  # noqa: F401  (registers df.derivreg)
 from derivreg import exceptions
 from derivreg.exceptions import DerivregError, DerivregWarning
 from derivreg.preprocess import derivative

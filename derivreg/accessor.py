@@ -1,0 +1,63 @@
+"""The pandas accessor: ``df.derivreg.derivative(...)`` and ``df.derivreg.fit(...)``.
+
+A thin layer over :func:`derivreg.derivative` and :func:`derivreg.fit`: the DataFrame (or Series)
+is passed as ``data`` and every other argument is forwarded unchanged, so the accessor and the
+functions always give the same answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["DerivregFrameAccessor", "DerivregSeriesAccessor"]
+
+
+@pd.api.extensions.register_dataframe_accessor("derivreg")
+class DerivregFrameAccessor:
+    """``df.derivreg``: derivative estimation and relation fitting on a DataFrame."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame = frame
+
+    def derivative(
+        self,
+        columns: str | list[str] | None = None,
+        method: Any = "auto",
+        order: int = 1,
+        **kwargs: Any,
+    ) -> Any:
+        """Derivative of one column (a Series) or of several (a DataFrame).
+
+        ``df.derivreg.derivative("x", method="spline")`` equals
+        ``dr.derivative(df["x"], method="spline")``; a list of columns (or ``None`` for all
+        numeric columns other than ``time=``/``segment=``) returns a DataFrame of ``d(col)``.
+        """
+        from derivreg.preprocess import derivative
+
+        if isinstance(columns, str):
+            if kwargs.get("time") is None and kwargs.get("segment") is None:
+                return derivative(self._frame[columns], method=method, order=order, **kwargs)
+            columns = [columns]
+        return derivative(self._frame, method=method, order=order, columns=columns, **kwargs)
+
+    def fit(self, formula: Any, method: str = "auto", **kwargs: Any) -> Any:
+        """Fit a differential relation: ``df.derivreg.fit(f)`` is ``dr.fit(f, data=df)``."""
+        from derivreg.api import fit
+
+        return fit(formula, data=self._frame, method=method, **kwargs)
+
+
+@pd.api.extensions.register_series_accessor("derivreg")
+class DerivregSeriesAccessor:
+    """``s.derivreg.derivative(...)`` on a Series indexed by time."""
+
+    def __init__(self, series: pd.Series) -> None:
+        self._series = series
+
+    def derivative(self, method: Any = "auto", order: int = 1, **kwargs: Any) -> Any:
+        """Same as ``dr.derivative(series, method=..., order=...)``."""
+        from derivreg.preprocess import derivative
+
+        return derivative(self._series, method=method, order=order, **kwargs)
