@@ -1,0 +1,212 @@
+"""Diagnostics of a fitted relation: residual autocorrelation, conditioning, excitation.
+
+* **Identification** (:func:`check_identification`): a regressor that is constant (other than the
+  intercept) or a design of deficient rank raises :class:`IdentificationError` naming the terms.
+* **Conditioning**: condition number of the design with columns scaled to unit norm (scaling
+  removes the effect of units; values above ~1e3 mean near-collinear terms).
+* **Excitation** (:func:`steady_state_share`): the share of samples at steady state — inputs not
+  changing and the highest derivative ``x^(p)`` near zero. Such samples add noise, not information
+  (the "regression dilution" of motor characterisation runs); above
+  :data:`STEADY_STATE_WARN` an :class:`ExcitationWarning` says what to change.
+* **Residual autocorrelation**: Ljung–Box test (statsmodels) on the residuals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from derivreg._typing import FloatArray, IntArray
+from derivreg.exceptions import IdentificationError
+
+__all__ = [
+    "STEADY_STATE_WARN",
+    "Diagnostics",
+    "check_identification",
+    "condition_number",
+    "ljung_box",
+    "steady_state_share",
+]
+
+#: share of steady-state samples above which an ExcitationWarning is issued
+STEADY_STATE_WARN = 0.5
+
+
+@dataclass
+class Diagnostics:
+    """Diagnostics attached to a result (``res.diagnostics``).
+
+    Attributes
+    ----------
+    ljung_box_stat, ljung_box_pvalue, ljung_box_lags
+        Ljung–Box test of the residuals (small p: autocorrelated residuals).
+    condition_number
+        Of the unit-norm-scaled design.
+    steady_state_share
+        Share of samples at steady state (NaN when not computed).
+    extra
+        Method-specific entries (e.g. HAC bandwidth, derivative estimator, noise estimates).
+    """
+
+    ljung_box_stat: float = float("nan")
+    ljung_box_pvalue: float = float("nan")
+    ljung_box_lags: int = 0
+    condition_number: float = float("nan")
+    steady_state_share: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            "ljung_box_stat": self.ljung_box_stat,
+            "ljung_box_pvalue": self.ljung_box_pvalue,
+            "ljung_box_lags": self.ljung_box_lags,
+            "condition_number": self.condition_number,
+            "steady_state_share": self.steady_state_share,
+        }
+        out.update(self.extra)
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for the summary table."""
+        out = []
+        if self.ljung_box_lags:
+            out.append(
+                (
+                    f"Ljung-Box Q({self.ljung_box_lags})",
+                    f"{self.ljung_box_stat:.4g} (p={self.ljung_box_pvalue:.3g})",
+                )
+            )
+        out.append(("Cond. No. (scaled)", f"{self.condition_number:.4g}"))
+        if np.isfinite(self.steady_state_share):
+            out.append(("Steady-state share", f"{self.steady_state_share:.1%}"))
+        for k, v in self.extra.items():
+            out.append((k, f"{v:.4g}" if isinstance(v, float) else str(v)))
+        return out
+
+
+def condition_number(X: FloatArray) -> float:
+    """Condition number of ``X`` after scaling every column to unit Euclidean norm."""
+    if X.size == 0:
+        return float("nan")
+    norms = np.linalg.norm(X, axis=0)
+    norms[norms == 0] = 1.0
+    s = np.linalg.svd(X / norms, compute_uv=False)
+    return float(s[0] / s[-1]) if s[-1] > 0 else float("inf")
+
+
+def check_identification(
+    X: FloatArray, names: Sequence[str], *, allow_constant: Sequence[str] = ("Intercept",)
+) -> None:
+    """Raise :class:`IdentificationError` for constant or collinear regressors.
+
+    Parameters
+    ----------
+    X : ndarray (n, k)
+        Design matrix.
+    names : list of str
+        Column names (terms).
+    allow_constant : list of str
+        Names that may be constant (the intercept, initial-condition terms).
+    """
+    n, k = X.shape
+    if n < k:
+        raise IdentificationError(
+            f"{k} coefficients cannot be estimated from {n} usable samples; collect more data "
+            "or drop terms"
+        )
+    for j, name in enumerate(names):
+        col = X[:, j]
+        if name in allow_constant:
+            continue
+        scale = np.max(np.abs(col)) if col.size else 0.0
+        if scale == 0 or np.ptp(col) <= 1e-10 * scale:
+            raise IdentificationError(
+                f"regressor {name!r} is constant over the data, so its coefficient is not "
+                "identified (it is confounded with the intercept or initial conditions); vary it "
+                "in the experiment or drop it from the formula"
+            )
+    norms = np.linalg.norm(X, axis=0)
+    norms[norms == 0] = 1.0
+    Xs = X / norms
+    _, s, vt = np.linalg.svd(Xs, full_matrices=False)
+    tol = s[0] * max(n, k) * 1e-10 if s.size else 0.0
+    rank = int(np.sum(s > tol))
+    if rank < k:
+        null = vt[rank:]
+        weight = np.sqrt(np.sum(null**2, axis=0))
+        involved = [names[j] for j in range(k) if weight[j] > 1e-6]
+        raise IdentificationError(
+            f"the design has rank {rank} < {k}: terms {involved} are collinear (a combination "
+            "of them is exactly zero over the data), so their coefficients are not identified; "
+            "drop one of them or change the experiment so they vary independently"
+        )
+
+
+def ljung_box(resid: FloatArray, lags: int | None = None) -> tuple[float, float, int]:
+    """Ljung–Box Q statistic, p-value and lag count (statsmodels ``acorr_ljungbox``)."""
+    from statsmodels.stats.diagnostic import acorr_ljungbox
+
+    r = np.asarray(resid, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size < 8:
+        return float("nan"), float("nan"), 0
+    if lags is None:
+        lags = int(min(10, r.size // 5))
+    table = acorr_ljungbox(r - r.mean(), lags=[lags])
+    return float(table["lb_stat"].iloc[0]), float(table["lb_pvalue"].iloc[0]), int(lags)
+
+
+def steady_state_share(
+    highest: FloatArray,
+    inputs: FloatArray | None,
+    segments: Sequence[IntArray],
+    *,
+    rel_tol: float = 0.03,
+    window: float = 0.02,
+) -> float:
+    """Share of samples at steady state.
+
+    A sample is at steady state when the (estimated) highest derivative ``x^(p)`` is within
+    ``rel_tol`` of the 99th percentile of ``|x^(p)|`` and no input changes by more than
+    ``rel_tol`` of its range within ``±window`` of the segment length around it.
+
+    Parameters
+    ----------
+    highest : ndarray (n,)
+        Estimate of the left-hand derivative at each sample (NaN ignored).
+    inputs : ndarray (n, m) or None
+        Exogenous columns.
+    segments : list of index arrays
+    """
+    h = np.abs(np.asarray(highest, dtype=float))
+    ok = np.isfinite(h)
+    if not ok.any():
+        return float("nan")
+    scale = np.quantile(h[ok], 0.99)
+    if scale <= 0:
+        return 1.0
+    steady = ok & (h <= rel_tol * scale)
+    if inputs is not None and inputs.size:
+        U = np.asarray(inputs, dtype=float).reshape(len(h), -1)
+        rng = np.ptp(U, axis=0)
+        rng[rng == 0] = 1.0
+        moving = np.zeros(len(h), dtype=bool)
+        for pos in segments:
+            m = len(pos)
+            w = max(1, round(window * m))
+            Us = U[pos]
+            for j in range(U.shape[1]):
+                col = Us[:, j]
+                padded = np.concatenate([np.full(w, col[0]), col, np.full(w, col[-1])])
+                win = sliding_window_view(padded, 2 * w + 1)
+                change = win.max(axis=1) - win.min(axis=1)
+                moving[pos] |= change > rel_tol * rng[j]
+        steady &= ~moving
+    return float(steady[ok].mean())

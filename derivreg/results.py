@@ -1,0 +1,471 @@
+"""DiffRegResults: the estimated coefficients of a differential relation and everything around them.
+
+Every model form (gradient, integral, arimax, state-space, ...) returns this one class, built from
+the coefficient vector ``θ̂`` of ``x^(p)(t) = Σ_j θ_j g_j(t)``, its covariance, the term names and
+the diagnostics of the fit. Inference is Wald/normal by default:
+``z_j = θ̂_j / se_j``, ``p_j = 2 Φ(-|z_j|)``, interval ``θ̂_j ± z_{1-α/2} se_j``
+(Student t with ``df_resid`` when ``use_t=True``).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from derivreg._typing import FloatArray
+from derivreg.diagnostics import Diagnostics
+from derivreg.exceptions import DataError, MethodNotAvailableError
+from derivreg.formula import ModelSpec, derivative_label
+
+if TYPE_CHECKING:
+    from derivreg.models.base import Model
+    from derivreg.timebase import SampledData
+
+__all__ = ["DiffRegResults"]
+
+
+class DiffRegResults:
+    """Results of fitting a differential relation.
+
+    Parameters
+    ----------
+    params : array (k,)
+        Coefficient estimates, in the order of ``names``.
+    cov : array (k, k)
+        Their covariance.
+    names : list of str
+        Term names (``"d(x)"``, ``"u"``, ``"sign(d(x))"``, ``"Intercept"``).
+    model : Model, optional
+        The model that produced the fit (gives the spec, data, input hold, time/segment args).
+    spec, data : ModelSpec, SampledData, optional
+        Needed when ``model`` is not given.
+    equations : list of str, optional
+        Equation label of every coefficient (systems: params get a (equation, term) MultiIndex).
+    method : str
+        Regression form, e.g. ``"integral"``.
+    cov_type : str
+        Covariance estimator used, e.g. ``"HAC"``.
+    noise_model : str
+        The noise model the method assumed (shown in the summary).
+    nobs : int
+        Number of observations used.
+    resid, fittedvalues : array (n_kept,) or (n_kept, n_equations), optional
+        On the kept rows of ``data``; placed on the caller's index (NaN elsewhere).
+    resid_names : list of str, optional
+        Names of the residual series (default: the left sides).
+    nuisance : DataFrame, optional
+        Nuisance parameters reported apart from the coefficients (e.g. initial conditions per
+        segment; columns ``segment, term, estimate, se``).
+    initial_conditions : dict, optional
+        ``{segment position: {(state, order): value}}`` used by :meth:`simulate`.
+    diagnostics : Diagnostics, optional
+    warnings : list of str, optional
+        Messages of warnings issued during the fit (also shown in the summary).
+    info : dict, optional
+        Method-specific details (derivative estimator, bandwidth, method chosen by "auto", ...).
+    use_t, df_resid
+        Student-t inference with ``df_resid`` degrees of freedom.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[float] | FloatArray,
+        cov: FloatArray,
+        names: Sequence[str],
+        *,
+        model: Model | None = None,
+        spec: ModelSpec | None = None,
+        data: SampledData | None = None,
+        equations: Sequence[str] | None = None,
+        method: str = "",
+        cov_type: str = "",
+        noise_model: str = "",
+        nobs: int | None = None,
+        resid: FloatArray | None = None,
+        fittedvalues: FloatArray | None = None,
+        resid_names: Sequence[str] | None = None,
+        nuisance: pd.DataFrame | None = None,
+        initial_conditions: dict[int, dict[tuple[str, int], float]] | None = None,
+        diagnostics: Diagnostics | None = None,
+        warnings: Sequence[str] = (),
+        info: dict[str, Any] | None = None,
+        use_t: bool = False,
+        df_resid: float | None = None,
+    ) -> None:
+        p = np.asarray(params, dtype=float).reshape(-1)
+        c = np.asarray(cov, dtype=float)
+        if c.shape != (p.size, p.size):
+            raise DataError(f"cov has shape {c.shape}, expected {(p.size, p.size)}")
+        if len(names) != p.size:
+            raise DataError(f"{len(names)} names for {p.size} parameters")
+        self.model = model
+        self.spec: ModelSpec | None = spec if spec is not None else getattr(model, "spec", None)
+        self.data: SampledData | None = data if data is not None else getattr(model, "data", None)
+        eqs = list(equations) if equations is not None else None
+        if eqs is not None and len(set(eqs)) > 1:
+            index: pd.Index = pd.MultiIndex.from_arrays(
+                [eqs, list(names)], names=["equation", "term"]
+            )
+        else:
+            index = pd.Index(list(names), name="term")
+        self._index = index
+        self._equations = eqs
+        self._params = p
+        self._cov = c
+        self.method = method
+        self.cov_type = cov_type
+        self.noise_model = noise_model
+        self.nobs = int(nobs if nobs is not None else (self.data.nobs if self.data else 0))
+        self._resid = resid
+        self._fitted = fittedvalues
+        self._resid_names = list(resid_names) if resid_names is not None else None
+        self.nuisance = nuisance
+        self.initial_conditions = initial_conditions
+        self.diagnostics = diagnostics if diagnostics is not None else Diagnostics()
+        self.warnings = list(warnings)
+        self.info = dict(info or {})
+        self.use_t = use_t
+        self.df_resid = df_resid
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def params(self) -> pd.Series:
+        """Coefficient estimates by term."""
+        return pd.Series(self._params, index=self._index, name="estimate")
+
+    @property
+    def bse(self) -> pd.Series:
+        """Standard errors by term."""
+        return pd.Series(
+            np.sqrt(np.clip(np.diag(self._cov), 0, None)), index=self._index, name="se"
+        )
+
+    @property
+    def tvalues(self) -> pd.Series:
+        """``estimate / se``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (self.params / self.bse).rename("t")
+
+    def _dist(self) -> Any:
+        if self.use_t and self.df_resid is not None:
+            return stats.t(self.df_resid)
+        return stats.norm()
+
+    @property
+    def pvalues(self) -> pd.Series:
+        """Two-sided p-values of ``θ_j = 0``."""
+        return pd.Series(
+            2 * self._dist().sf(np.abs(self.tvalues.to_numpy())), index=self._index, name="p"
+        )
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Confidence intervals ``θ̂ ± q_{1-α/2} se`` (columns ``lower``, ``upper``)."""
+        if not 0 < alpha < 1:
+            raise DataError(f"alpha must be in (0, 1), got {alpha}")
+        q = self._dist().ppf(1 - alpha / 2)
+        se = self.bse.to_numpy()
+        return pd.DataFrame(
+            {"lower": self._params - q * se, "upper": self._params + q * se}, index=self._index
+        )
+
+    def cov_params(self) -> pd.DataFrame:
+        """Covariance matrix of the coefficients."""
+        return pd.DataFrame(self._cov, index=self._index, columns=self._index)
+
+    # ------------------------------------------------------------ series on the caller's index
+    def _on_caller(self, arr: FloatArray | None, what: str) -> Any:
+        if arr is None:
+            raise MethodNotAvailableError(f"method {self.method!r} does not provide {what}")
+        a = np.asarray(arr, dtype=float)
+        names = self._resid_names or (
+            [eq.lhs for eq in self.spec.equations] if self.spec is not None else [what]
+        )
+        if self.data is None:
+            return a
+        full = self.data.to_caller(a)
+        if self.data.index is None:
+            return full
+        if full.ndim == 1:
+            return pd.Series(full, index=self.data.index, name=names[0])
+        return pd.DataFrame(full, index=self.data.index, columns=names[: full.shape[1]])
+
+    @property
+    def resid(self) -> Any:
+        """Residuals on the caller's index (NaN where the method has none)."""
+        return self._on_caller(self._resid, "residuals")
+
+    @property
+    def fittedvalues(self) -> Any:
+        """Fitted values of the regression's left side on the caller's index."""
+        return self._on_caller(self._fitted, "fitted values")
+
+    # ------------------------------------------------------------------ tables
+    def to_frame(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Tidy table: term, estimate, se, t, p, lower, upper (+ equation for systems)."""
+        ci = self.conf_int(alpha)
+        out = pd.DataFrame(
+            {
+                "estimate": self._params,
+                "se": self.bse.to_numpy(),
+                "t": self.tvalues.to_numpy(),
+                "p": self.pvalues.to_numpy(),
+                "lower": ci["lower"].to_numpy(),
+                "upper": ci["upper"].to_numpy(),
+            }
+        )
+        if isinstance(self._index, pd.MultiIndex):
+            out.insert(0, "term", list(self._index.get_level_values("term")))
+            out.insert(0, "equation", list(self._index.get_level_values("equation")))
+        else:
+            out.insert(0, "term", list(self._index))
+        return out
+
+    def _header(self) -> list[tuple[str, str]]:
+        eq = self.spec.describe() if self.spec is not None else ""
+        rows = [("Equation" if "\n" not in eq else "Equations", eq)]
+        rows += [
+            ("Method", self.method),
+            ("Noise model", self.noise_model or "-"),
+            ("Covariance", self.cov_type),
+            ("No. observations", str(self.nobs)),
+        ]
+        if self.data is not None and len(self.data.segments) > 1:
+            rows.append(("No. segments", str(len(self.data.segments))))
+        for k, v in self.info.items():
+            if isinstance(v, (str, int, float)):
+                rows.append((k, f"{v:.4g}" if isinstance(v, float) else str(v)))
+        return rows
+
+    def summary(self, alpha: float = 0.05) -> str:
+        """A statsmodels-style text table: equation, method, noise model, covariance,
+        coefficients with SEs and intervals, diagnostics and warnings."""
+        width = 88
+        lines = ["=" * width, "Differential relation results".center(width), "=" * width]
+        for key, val in self._header():
+            parts = val.split("\n")
+            lines.append(f"{key + ':':<22}{parts[0]}")
+            lines.extend(f"{'':<22}{p}" for p in parts[1:])
+        lines.append("-" * width)
+        stat = "t" if self.use_t and self.df_resid is not None else "z"
+        lo, hi = f"[{alpha / 2:.3g}", f"{1 - alpha / 2:.3g}]"
+        head = (
+            f"{'':<26}{'coef':>11}{'std err':>11}{stat:>9}{'P>|' + stat + '|':>9}{lo:>11}{hi:>11}"
+        )
+        lines.append(head)
+        lines.append("-" * width)
+        tab = self.to_frame(alpha)
+        last_eq = None
+        for _, row in tab.iterrows():
+            if "equation" in tab.columns and row["equation"] != last_eq:
+                last_eq = row["equation"]
+                lines.append(f"{last_eq}:")
+            label = str(row["term"])
+            label = label if len(label) <= 25 else label[:22] + "..."
+            lines.append(
+                f"{label:<26}{row['estimate']:>11.4g}{row['se']:>11.4g}{row['t']:>9.3f}"
+                f"{row['p']:>9.3f}{row['lower']:>11.4g}{row['upper']:>11.4g}"
+            )
+        if self.nuisance is not None and len(self.nuisance):
+            lines.append("-" * width)
+            lines.append(f"Nuisance parameters: {len(self.nuisance)} (see .nuisance)")
+        lines.append("-" * width)
+        lines.append("Diagnostics")
+        for key, val in self.diagnostics.rows():
+            lines.append(f"  {key + ':':<28}{val}")
+        if self.warnings:
+            lines.append("-" * width)
+            lines.append("Warnings")
+            for i, w in enumerate(self.warnings, 1):
+                lines.append(f"  [{i}] {w}")
+        lines.append("=" * width)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        eq = self.spec.describe().replace("\n", "; ") if self.spec is not None else ""
+        return f"<DiffRegResults {self.method}: {eq}, nobs={self.nobs}, cov_type={self.cov_type}>"
+
+    def _repr_html_(self) -> str:
+        head = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'>{html.escape(v).replace(chr(10), '<br>')}</td></tr>"
+            for k, v in self._header()
+        )
+        diag = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+            for k, v in self.diagnostics.rows()
+        )
+        warn = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
+        table = self.to_frame().to_html(index=False, float_format=lambda v: f"{v:.4g}")
+        return (
+            "<div><h4>Differential relation results</h4>"
+            f"<table>{head}</table>{table}<table>{diag}</table>"
+            + (f"<p>Warnings:</p><ul>{warn}</ul>" if warn else "")
+            + "</div>"
+        )
+
+    # ------------------------------------------------------------------ simulation
+    def simulate(self, data: Any = None, *, rtol: float = 1e-7, atol: float = 1e-9) -> Any:
+        """Integrate the fitted relation from the data's initial conditions (``solve_ivp``).
+
+        Parameters
+        ----------
+        data : DataFrame, optional
+            Inputs and initial states (default: the fitted data). Exogenous columns are
+            interpolated between samples as the model's ``input_hold`` says.
+
+        Returns
+        -------
+        DataFrame on the data's index with one column per state and its derivatives below the
+        equation order (``x``, ``d(x)``), NaN on rows that were not used.
+        """
+        return _simulate(self, data, rtol=rtol, atol=atol)
+
+    def plot(self, *args: Any, **kwargs: Any) -> Any:
+        """Plot the fit (needs :mod:`derivreg.plotting`)."""
+        try:
+            from derivreg import plotting  # type: ignore[attr-defined]
+        except ImportError:
+            raise MethodNotAvailableError(
+                "plotting of fit results is not available in this version"
+            ) from None
+        fn = getattr(plotting, "plot_results", None)
+        if fn is None:
+            raise MethodNotAvailableError(
+                "plotting of fit results is not available in this version"
+            )
+        return fn(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------ helpers
+    def params_of(self, equation: str | None = None) -> pd.Series:
+        """Coefficients of one equation, indexed by term."""
+        if not isinstance(self._index, pd.MultiIndex):
+            return self.params
+        if equation is None:
+            raise DataError("this is a system: name the equation")
+        return self.params.xs(equation, level="equation")
+
+    def state_label(self, var: str, order: int) -> str:
+        return derivative_label(var, order)
+
+
+def _input_function(t: FloatArray, u: FloatArray, hold: str) -> Any:
+    """``f(s, order)``: the input (order 0) or its derivative between samples under ``hold``."""
+
+    def f(s: float, order: int) -> float:
+        if order == 0:
+            if hold == "zoh":
+                k = int(np.clip(np.searchsorted(t, s, side="right") - 1, 0, len(t) - 1))
+                return float(u[k])
+            return float(np.interp(s, t, u))
+        if order == 1 and hold == "linear" and len(t) > 1:
+            k = int(np.clip(np.searchsorted(t, s, side="right") - 1, 0, len(t) - 2))
+            return float((u[k + 1] - u[k]) / (t[k + 1] - t[k]))
+        return 0.0
+
+    return f
+
+
+def _initial_state(t: FloatArray, y: FloatArray, order: int) -> list[float]:
+    """``x(t0), x'(t0), ...`` from a local polynomial fit of the first samples."""
+    if order == 1:
+        m = min(len(t), 5)
+        deg = 1
+    else:
+        m = min(len(t), max(2 * order + 3, 9))
+        deg = min(order + 1, m - 1)
+    c = np.polynomial.polynomial.polyfit(t[:m] - t[0], y[:m], deg)
+    out = [float(c[0]) if order > 1 else float(y[0])]
+    for k in range(1, order):
+        out.append(float(c[k] * np.prod(np.arange(1, k + 1))) if k < len(c) else 0.0)
+    return out
+
+
+def _simulate(res: DiffRegResults, data: Any, rtol: float, atol: float) -> Any:
+    from scipy.integrate import solve_ivp
+
+    from derivreg.timebase import prepare_data
+
+    spec = res.spec
+    if spec is None or res.data is None:
+        raise MethodNotAvailableError("simulate() needs the model spec and data of the fit")
+    model = res.model
+    hold = getattr(model, "input_hold", "linear")
+    use_ic = data is None and res.initial_conditions is not None
+    if data is None:
+        sd = res.data
+    else:
+        sd = prepare_data(
+            data,
+            spec.columns,
+            time=getattr(model, "time", None),
+            time_unit=getattr(model, "time_unit", "s"),
+            segment=getattr(model, "segment", None),
+            min_points=2,
+        )
+    params = res._params
+    eq_params: list[FloatArray] = []
+    start = 0
+    for eq in spec.equations:
+        eq_params.append(params[start : start + len(eq.terms)])
+        start += len(eq.terms)
+    states = list(spec.states.items())
+    slots: dict[tuple[str, int], int] = {}
+    for var, p in states:
+        for k in range(p):
+            slots[(var, k)] = len(slots)
+    out = np.full((sd.nobs, len(slots)), np.nan)
+    for i, pos in enumerate(sd.segments):
+        t = sd.t[pos]
+        if len(t) < 2:
+            continue
+        inputs = {
+            c: _input_function(t, sd.values[pos, sd.columns.index(c)], hold) for c in spec.exogenous
+        }
+        y0 = np.empty(len(slots))
+        ic = res.initial_conditions.get(i) if use_ic and res.initial_conditions else None
+        for var, p in states:
+            est = _initial_state(t, sd.values[pos, sd.columns.index(var)], p)
+            for k in range(p):
+                key = (var, k)
+                y0[slots[key]] = ic[key] if ic is not None and key in ic else est[k]
+
+        def rhs(s: float, y: FloatArray, inputs: dict[str, Any] = inputs) -> FloatArray:
+            def value(var: str, order: int) -> float:
+                if (var, order) in slots:
+                    return float(y[slots[(var, order)]])
+                return inputs[var](s, order)
+
+            dy = np.empty_like(y)
+            for (var, k), j in slots.items():
+                if k + 1 < spec.states[var]:
+                    dy[j] = y[slots[(var, k + 1)]]
+            for eq, th in zip(spec.equations, eq_params, strict=True):
+                dy[slots[(eq.response, eq.order - 1)]] = float(eq.rhs(th, value))
+            return dy
+
+        max_step = float(np.min(np.diff(t))) if hold == "zoh" else np.inf
+        sol = solve_ivp(
+            rhs,
+            (t[0], t[-1]),
+            y0,
+            t_eval=t,
+            rtol=rtol,
+            atol=atol,
+            max_step=max_step,
+            method="LSODA",
+        )
+        if sol.success:
+            out[pos] = sol.y.T
+    cols = [derivative_label(v, k) for v, k in slots]
+    full = sd.to_caller(out)
+    if sd.index is None:
+        return full
+    return pd.DataFrame(full, index=sd.index, columns=cols)
