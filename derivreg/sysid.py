@@ -1,0 +1,790 @@
+"""Mechanism characterisation: feedforward gains kS, kV, kA (+ kG, arm offset) with intervals.
+
+Robotics teams characterise motors and mechanisms with WPILib SysId, which fits
+
+    u = kS·sgn(v) + kV·v + kA·a                 (simple motor, flywheel, drivetrain side)
+    u = kS·sgn(v) + kV·v + kA·a + kG            (elevator)
+    u = kS·sgn(v) + kV·v + kA·a + kG·cos(θ + offset)    (arm)
+
+as the first-order relation in the velocity ``v`` (``a = dv/dt``)
+
+    a = α v + β u + γ sgn(v)  [+ δ]  [+ δ cos θ + ε sin θ],
+
+so that ``kS = −γ/β``, ``kV = −α/β``, ``kA = 1/β``, elevator ``kG = −δ/β``, arm
+``kG = hypot(δ, ε)/β`` and ``offset = atan2(ε, −δ)``. SysId reports no standard errors; here every
+gain gets one by the delta method from the fitted coefficients and their covariance.
+
+:func:`characterize` is the front door. ``method="sysid"`` runs the legacy SysId pipeline
+(:func:`sysid_pipeline`, then OLS) so that users see "the number SysId gives" — with the standard
+errors of its OLS, which SysId never showed. Every other method is a
+derivreg fit of the same relation through :func:`derivreg.api.fit`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from derivreg._typing import FloatArray
+from derivreg.exceptions import (
+    ColumnNotFoundError,
+    DataError,
+    ExcitationWarning,
+    IdentificationError,
+    MethodNotAvailableError,
+    TooFewPointsError,
+)
+from derivreg.io.sysid import DRIVETRAIN_TESTS, MECHANISMS, TESTS, read_sysid
+
+__all__ = [
+    "FIT_METHODS",
+    "Characterization",
+    "characterize",
+    "gains_from_coefficients",
+    "noise_floor",
+    "sysid_pipeline",
+]
+
+#: Methods that fit the relation with :func:`derivreg.api.fit` (``"auto"`` picks one).
+FIT_METHODS: tuple[str, ...] = ("auto", "integral", "gradient", "arimax", "statespace", "fourier")
+_METHODS = ("sysid", *FIT_METHODS)
+
+#: Coefficient names of the regression ``a = α v + β u + γ sgn(v) [+ δ] [+ δ cos θ + ε sin θ]``.
+_COEFS = {
+    "simple": ("alpha", "beta", "gamma"),
+    "drivetrain": ("alpha", "beta", "gamma"),
+    "drivetrain-angular": ("alpha", "beta", "gamma"),
+    "elevator": ("alpha", "beta", "gamma", "delta"),
+    "arm": ("alpha", "beta", "gamma", "delta", "epsilon"),
+}
+_MODEL = {
+    "simple": "u = kS·sgn(v) + kV·v + kA·a",
+    "drivetrain": "u = kS·sgn(v) + kV·v + kA·a  (left and right combined)",
+    "drivetrain-angular": "u = kS·sgn(ω) + kV·ω + kA·ω'  (u: SysId's 2·|V_left|·sgn(ω))",
+    "elevator": "u = kS·sgn(v) + kV·v + kA·a + kG",
+    "arm": "u = kS·sgn(v) + kV·v + kA·a + kG·cos(θ + offset)",
+}
+_ANGLE_SCALE = {"radians": 1.0, "degrees": math.pi / 180.0, "rotations": 2.0 * math.pi}
+_NOISE_WINDOW = 9
+
+
+# --------------------------------------------------------------------------------------------
+# gains from the regression coefficients (delta method)
+# --------------------------------------------------------------------------------------------
+
+
+def _gain_values(theta: FloatArray, mechanism: str) -> FloatArray:
+    alpha, beta, gamma = theta[:3]
+    out = [-gamma / beta, -alpha / beta, 1.0 / beta]
+    if mechanism == "elevator":
+        out.append(-theta[3] / beta)
+    elif mechanism == "arm":
+        delta, eps = theta[3], theta[4]
+        out.append(math.hypot(delta, eps) / beta)
+        out.append(math.atan2(eps, -delta))
+    return np.asarray(out, dtype=float)
+
+
+def _gain_jacobian(theta: FloatArray, mechanism: str) -> FloatArray:
+    """Analytic Jacobian d(gains)/d(α, β, γ[, δ, ε])."""
+    alpha, beta, gamma = theta[:3]
+    k = len(theta)
+    rows = []
+    r = np.zeros(k)
+    r[1], r[2] = gamma / beta**2, -1.0 / beta  # kS = -γ/β
+    rows.append(r)
+    r = np.zeros(k)
+    r[0], r[1] = -1.0 / beta, alpha / beta**2  # kV = -α/β
+    rows.append(r)
+    r = np.zeros(k)
+    r[1] = -1.0 / beta**2  # kA = 1/β
+    rows.append(r)
+    if mechanism == "elevator":
+        r = np.zeros(k)
+        r[1], r[3] = theta[3] / beta**2, -1.0 / beta  # kG = -δ/β
+        rows.append(r)
+    elif mechanism == "arm":
+        delta, eps = theta[3], theta[4]
+        h = math.hypot(delta, eps)
+        r = np.zeros(k)  # kG = hypot(δ, ε)/β
+        r[1] = -h / beta**2
+        if h > 0:
+            r[3], r[4] = delta / (h * beta), eps / (h * beta)
+        rows.append(r)
+        r = np.zeros(k)  # offset = atan2(ε, -δ)
+        if h > 0:
+            r[3], r[4] = eps / h**2, -delta / h**2
+        rows.append(r)
+    return np.vstack(rows)
+
+
+def _gain_names(mechanism: str) -> list[str]:
+    names = ["kS", "kV", "kA"]
+    if mechanism == "elevator":
+        names.append("kG")
+    elif mechanism == "arm":
+        names += ["kG", "offset"]
+    return names
+
+
+def _delta_method(
+    fun: Callable[[FloatArray], FloatArray],
+    jac: Callable[[FloatArray], FloatArray],
+    params: FloatArray,
+    cov: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """Values and covariance of ``fun(params)`` by the delta method, ``J Σ Jᵀ``.
+
+    Uses :func:`derivreg.covariance.delta_method` (given the analytic Jacobian ``jac``) when
+    that module is available, else computes ``J Σ Jᵀ`` here.
+    """
+    try:
+        from derivreg.covariance import delta_method
+    except ImportError:  # the shared helper is not available: analytic Jacobian here
+        return fun(params), jac(params) @ cov @ jac(params).T
+    value, vcov = delta_method(fun, params, cov, jac=jac)
+    return np.atleast_1d(np.asarray(value, dtype=float)), np.atleast_2d(
+        np.asarray(vcov, dtype=float)
+    )
+
+
+def gains_from_coefficients(
+    params: Sequence[float] | pd.Series,
+    cov: ArrayLike2D,
+    mechanism: str = "simple",
+    *,
+    alpha: float = 0.05,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Feedforward gains, standard errors and Wald intervals from fitted (α, β, γ[, δ, ε]).
+
+    For ``a = α v + β u + γ sgn(v) [+ δ] [+ δ cos θ + ε sin θ]``: ``kS = −γ/β``, ``kV = −α/β``,
+    ``kA = 1/β``; elevator ``kG = −δ/β``; arm ``kG = hypot(δ, ε)/β``, ``offset = atan2(ε, −δ)``.
+    The covariance of the gains is ``J Σ Jᵀ`` with the analytic Jacobian ``J`` (delta method).
+
+    Parameters
+    ----------
+    params : sequence of float or Series
+        ``(α, β, γ)``, plus ``δ`` (elevator) or ``(δ, ε)`` (arm), in that order.
+    cov : array (k, k)
+        Their covariance.
+    mechanism : str
+        ``simple``, ``drivetrain``, ``drivetrain-angular``, ``elevator`` or ``arm``.
+    alpha : float
+        1 − confidence level of the intervals.
+
+    Returns
+    -------
+    gains : DataFrame
+        Indexed by gain; columns ``estimate``, ``se``, ``lower``, ``upper``.
+    cov : DataFrame
+        Covariance of the gains.
+    """
+    mechanism = _normalise_mechanism(mechanism)
+    theta = np.asarray(params, dtype=float).ravel()
+    k = len(_COEFS[mechanism])
+    cov_arr = np.asarray(cov, dtype=float)
+    if theta.shape != (k,) or cov_arr.shape != (k, k):
+        raise DataError(
+            f"a {mechanism} characterisation needs {k} coefficients {_COEFS[mechanism]} and a "
+            f"{k}x{k} covariance; got {theta.shape} and {cov_arr.shape}"
+        )
+    if not np.isfinite(theta[1]) or theta[1] == 0.0:
+        raise IdentificationError(
+            "the voltage coefficient β = 1/kA is zero or not finite: the gains are not identified"
+        )
+    names = _gain_names(mechanism)
+    value, gcov = _delta_method(
+        lambda p: _gain_values(p, mechanism), lambda p: _gain_jacobian(p, mechanism), theta, cov_arr
+    )
+    se = np.sqrt(np.clip(np.diag(gcov), 0.0, None))
+    z = stats.norm.ppf(1.0 - alpha / 2.0)
+    gains = pd.DataFrame(
+        {"estimate": value, "se": se, "lower": value - z * se, "upper": value + z * se},
+        index=pd.Index(names, name="gain"),
+    )
+    return gains, pd.DataFrame(gcov, index=names, columns=names)
+
+
+ArrayLike2D = Any  # an array-like (k, k); kept loose for pandas/numpy inputs
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Characterization:
+    """Feedforward gains of a mechanism with standard errors and intervals.
+
+    Attributes
+    ----------
+    gains : DataFrame
+        Indexed ``kS``, ``kV``, ``kA`` (+ ``kG``; + ``offset`` in radians for an arm); columns
+        ``estimate``, ``se``, ``lower``, ``upper``.
+    fit : object
+        The underlying results object: a statsmodels OLS result for ``method="sysid"``, a
+        :class:`~derivreg.results.DiffRegResults` otherwise.
+    method : str
+        The method that produced the gains.
+    mechanism : str
+        ``simple``, ``elevator``, ``arm``, ``drivetrain`` or ``drivetrain-angular``.
+    coefficients : Series
+        The fitted relation's coefficients ``alpha, beta, gamma[, delta, epsilon]``.
+    cov : DataFrame
+        Covariance of the gains (delta method).
+    alpha : float
+        1 − confidence level of ``lower``/``upper``.
+    units : str
+        Position units of the log (velocity is units/s, voltages in volts).
+    info : dict
+        What the method did (thresholds, trimming, sample counts, fit statistics).
+    """
+
+    gains: pd.DataFrame
+    fit: Any
+    method: str
+    mechanism: str
+    coefficients: pd.Series
+    cov: pd.DataFrame
+    alpha: float = 0.05
+    units: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> pd.Series:
+        """Gain estimates (a Series named by gain)."""
+        return self.gains["estimate"]
+
+    @property
+    def bse(self) -> pd.Series:
+        """Standard errors of the gains."""
+        return self.gains["se"]
+
+    def conf_int(self, alpha: float | None = None) -> pd.DataFrame:
+        """Wald intervals ``estimate ± z·se`` (``lower``, ``upper``) at level ``1 − alpha``."""
+        a = self.alpha if alpha is None else alpha
+        z = stats.norm.ppf(1.0 - a / 2.0)
+        est, se = self.gains["estimate"], self.gains["se"]
+        return pd.DataFrame({"lower": est - z * se, "upper": est + z * se})
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table: gain, estimate, se, lower, upper, method, mechanism, units."""
+        out = self.gains.reset_index()
+        out["method"] = self.method
+        out["mechanism"] = self.mechanism
+        out["units"] = self.units
+        return out
+
+    def summary(self) -> str:
+        """A plain-text table of the gains with their intervals and the fit's key facts."""
+        level = f"{100 * (1 - self.alpha):g}%"
+        lines = [
+            f"Mechanism characterisation: {self.mechanism}"
+            + (f" (position units: {self.units})" if self.units else ""),
+            f"model:  {_MODEL[self.mechanism]}",
+            f"method: {self.method}" + (f" — {self.info['note']}" if "note" in self.info else ""),
+        ]
+        if "nobs" in self.info:
+            lines.append(f"nobs:   {self.info['nobs']}")
+        header = (
+            f"{'gain':<8}{'estimate':>13}{'se':>13}{'lower ' + level:>15}{'upper ' + level:>15}"
+        )
+        lines += ["", header, "-" * len(header)]
+        for name, row in self.gains.iterrows():
+            lines.append(
+                f"{name!s:<8}{row['estimate']:>13.6g}{row['se']:>13.4g}"
+                f"{row['lower']:>15.6g}{row['upper']:>15.6g}"
+            )
+        extra = {k: v for k, v in self.info.items() if k in ("r2", "rmse", "velocity_threshold")}
+        extra.update({k: v for k, v in self.info.items() if k == "step_duration"})
+        if extra:
+            lines.append("")
+            lines += [f"{k}: {v:.6g}" for k, v in extra.items() if isinstance(v, (int, float))]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{self.summary()}</pre>"
+
+
+# --------------------------------------------------------------------------------------------
+# the legacy SysId pipeline
+# --------------------------------------------------------------------------------------------
+
+
+def noise_floor(x: FloatArray, window: int = _NOISE_WINDOW) -> float:
+    """SysId's noise floor of a signal: spread around a causal moving average.
+
+    ``m_i = (1/w) Σ_{j=i−w+1..i} x_j`` with ``x_j = 0`` for ``j < 0`` (the filter starts from a
+    zero-filled buffer) and ``floor = sqrt(Σ_{i≥s} (x_{i−s} − m_i)² / (N − s))`` with
+    ``s = w // 2``.
+
+    Parameters
+    ----------
+    x : array (N,)
+        The signal.
+    window : int
+        Moving-average window ``w`` (SysId uses 9).
+
+    Returns
+    -------
+    float
+    """
+    x = np.asarray(x, dtype=float)
+    n, step = len(x), window // 2
+    if n <= step:
+        raise TooFewPointsError(
+            f"a noise floor with window {window} needs more than {step} samples, got {n}"
+        )
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    idx = np.arange(n)
+    mean = (csum[idx + 1] - csum[np.maximum(idx - window + 1, 0)]) / window
+    resid = x[: n - step] - mean[step:]
+    return float(np.sqrt(np.sum(resid**2) / (n - step)))
+
+
+@dataclass
+class _Seg:
+    """One test (and drivetrain side) inside the SysId pipeline."""
+
+    test: str
+    side: str | None
+    t: FloatArray
+    u: FloatArray
+    x: FloatArray
+    v: FloatArray
+    dt: FloatArray
+    a: FloatArray | None = None
+
+    def keep(self, mask: np.ndarray) -> None:
+        for name in ("t", "u", "x", "v", "dt", "a"):
+            val = getattr(self, name)
+            if val is not None:
+                setattr(self, name, val[mask])
+
+    @property
+    def key(self) -> str:
+        return self.test if self.side is None else f"{self.side}-{self.test}"
+
+
+def _segments(
+    log: pd.DataFrame,
+    mechanism: str,
+    acceleration: str | None,
+    *,
+    keep_last: bool = False,
+    sign_voltage: bool = True,
+) -> list[_Seg]:
+    """Split the log into pipeline segments: sign-corrected voltage, last row dropped."""
+    segs: list[_Seg] = []
+    drive = mechanism == "drivetrain"
+    sides: list[str | None]
+    if mechanism in DRIVETRAIN_TESTS:
+        sides = ["left", "right"] if drive else ["left"]
+        if "side" not in log.columns:
+            raise ColumnNotFoundError(f"a {mechanism} log needs a 'side' column (left/right)")
+    else:
+        sides = [None]
+    for side in sides:
+        for test in TESTS:
+            mask = (log["test"] == test).to_numpy()
+            if side is not None:
+                mask = mask & (log["side"] == side).to_numpy()
+            d = log.loc[mask]
+            if len(d) < 3:
+                raise TooFewPointsError(
+                    f"test {test!r}{'' if side is None else f' ({side})'} has {len(d)} rows; "
+                    "the SysId pipeline needs all four tests"
+                )
+            t = d["time"].to_numpy(dtype=float)
+            if mechanism == "drivetrain-angular":
+                # SysId's angular analysis: voltage 2·copysign(V_left, ω), angle and rate
+                v = d["angular_rate"].to_numpy(dtype=float)
+                x = d["angle"].to_numpy(dtype=float)
+                u = 2.0 * d["voltage"].to_numpy(dtype=float)
+            else:
+                v = d["velocity"].to_numpy(dtype=float)
+                x = d["position"].to_numpy(dtype=float)
+                u = d["voltage"].to_numpy(dtype=float)
+            if sign_voltage:
+                u = np.copysign(u, v)
+            if keep_last:
+                dt = np.append(np.diff(t), np.diff(t)[-1:])
+                seg = _Seg(test, side, t, u, x, v, dt)
+            else:
+                seg = _Seg(test, side, t[:-1], u[:-1], x[:-1], v[:-1], np.diff(t))
+            if acceleration is not None:
+                if acceleration not in log.columns:
+                    raise ColumnNotFoundError(
+                        f"acceleration column {acceleration!r} is not in the log"
+                    )
+                acc = d[acceleration].to_numpy(dtype=float)
+                seg.a = acc if keep_last else acc[:-1]
+            segs.append(seg)
+    return segs
+
+
+def _central_acceleration(seg: _Seg) -> FloatArray:
+    """SysId's acceleration: central difference with the test's mean dt (0 < dt < 0.5 s)."""
+    dt = seg.dt[(seg.dt > 0) & (seg.dt < 0.5)]
+    if len(dt) == 0 or len(seg.v) < 2:
+        raise TooFewPointsError(f"test {seg.key!r} has too few samples left after trimming")
+    h = float(np.mean(dt))
+    v = seg.v
+    a = np.zeros_like(v)
+    prev = np.concatenate([[v[0]], v[:-2]])
+    a[:-1] = (v[1:] - prev) / (2.0 * h)
+    return a
+
+
+def sysid_pipeline(
+    log: pd.DataFrame,
+    mechanism: str,
+    *,
+    acceleration: str | None = None,
+    velocity_threshold: float | None = None,
+    step_duration: float | None = None,
+    angle_unit: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The legacy SysId data preparation, step by step (SYSID.md), returning the regression data.
+
+    1. Per test (and drivetrain side): voltage takes the sign of velocity (``copysign``); the
+       last row is dropped; ``dt_k = t_{k+1} − t_k`` is kept. (Positions and velocities are
+       already multiplied by ``unitsPerRotation`` by :func:`~derivreg.io.read_sysid`.)
+    2. Velocity threshold: the smallest :func:`noise_floor` (window 9) of velocity over the
+       quasistatic tests.
+    3. Quasistatic tests: samples with ``|V| ≤ 0`` or ``|v| <`` threshold are deleted.
+    4. Acceleration per test: ``a_i = (v_{i+1} − v_{i−1}) / (2 h̄)`` with ``v_{−1} := v_0``, ``h̄``
+       the mean of that test's ``0 < dt < 0.5``; the last ``a`` is 0.
+    5. Dynamic tests: samples before the largest ``|a|`` are dropped. The duration ``D`` is set
+       once, on the first dynamic test visited (``fast-forward``; ``right-fast-backward`` for
+       drivetrains): ``D = min(t_last(|a| > floor_a) − t_front + 1 s, longest raw dynamic
+       test)``; every dynamic test keeps ``t − t_front ≤ D``.
+    6. Samples with ``a == 0.0`` exactly are deleted — except for drivetrains, whose combined
+       left+right data SysId concatenates before that step.
+
+    Parameters
+    ----------
+    log : DataFrame
+        As returned by :func:`~derivreg.io.read_sysid`.
+    mechanism : str
+        Normalised mechanism name.
+    acceleration : str, optional
+        Column holding a measured (or exact) acceleration to use instead of step 4.
+    velocity_threshold, step_duration : float, optional
+        Override SysId's automatic threshold (step 2) and duration ``D`` (step 5).
+    angle_unit : str, optional
+        Unit of the arm's position (``radians``, ``degrees``, ``rotations``); default from
+        ``log.attrs["units"]``.
+
+    Returns
+    -------
+    data : DataFrame
+        Columns ``test`` (and ``side``), ``time``, ``a``, ``v``, ``u``, ``sgn`` (and ``const``
+        for an elevator, ``cos``, ``sin`` for an arm) — the regression rows in SysId's order.
+    info : dict
+        ``velocity_threshold``, ``step_duration``, ``nobs_by_test``.
+    """
+    segs = _segments(log, mechanism, acceleration)
+    quasi = [s for s in segs if s.test.startswith("slow")]
+    dyn = [s for s in segs if s.test.startswith("fast")]
+
+    # 2. velocity threshold from the quasistatic tests' noise floor
+    thr = (
+        min(noise_floor(s.v) for s in quasi)
+        if velocity_threshold is None
+        else float(velocity_threshold)
+    )
+    max_duration = max(float(s.t[-1] - s.t[0]) for s in dyn)
+
+    # 3. quasistatic trimming
+    for s in quasi:
+        s.keep((np.abs(s.u) > 0) & (np.abs(s.v) >= thr))
+        if len(s.v) < 2:
+            raise TooFewPointsError(
+                f"quasistatic test {s.key!r} has fewer than 2 samples with |v| >= {thr:.4g} "
+                "(the velocity threshold)"
+            )
+
+    # 4. acceleration
+    if acceleration is None:
+        for s in segs:
+            s.a = _central_acceleration(s)
+
+    # 5. dynamic trimming
+    first = (
+        ("right", "fast-backward") if mechanism == "drivetrain" else (dyn[0].side, "fast-forward")
+    )
+    order = sorted(dyn, key=lambda s: (s.side, s.test) != first)
+    duration = step_duration
+    for s in order:
+        assert s.a is not None
+        s.keep(np.arange(len(s.a)) >= int(np.argmax(np.abs(s.a))))
+        t0 = s.t[0]
+        if duration is None:
+            floor_a = noise_floor(s.a) if len(s.a) > _NOISE_WINDOW // 2 else 0.0
+            above = np.nonzero(np.abs(s.a) > floor_a)[0]
+            last = s.t[above[-1]] if len(above) else t0
+            duration = min(float(last - t0) + 1.0, max_duration)
+        s.keep(s.t - t0 <= duration)
+
+    # regression rows, in SysId's order (per side: slow-forward, slow-backward, fast-..., ...)
+    frames = []
+    for s in segs:
+        assert s.a is not None
+        frame = {"test": s.test, "time": s.t, "a": s.a, "v": s.v, "u": s.u}
+        if mechanism == "drivetrain":
+            frame["side"] = s.side
+        if mechanism == "arm":
+            theta = s.x * _angle_scale(log, angle_unit)
+            frame["cos"], frame["sin"] = np.cos(theta), np.sin(theta)
+        frames.append(pd.DataFrame(frame))
+    data = pd.concat(frames, ignore_index=True)
+    data["sgn"] = np.copysign(1.0, data["v"].to_numpy())
+    if mechanism == "elevator":
+        data["const"] = 1.0
+    # 6. exact-zero accelerations (drivetrains keep them: combined before the filter)
+    if mechanism != "drivetrain":
+        data = data.loc[data["a"].to_numpy() != 0.0].reset_index(drop=True)
+    info = {
+        "velocity_threshold": thr,
+        "step_duration": float(duration) if duration is not None else float("nan"),
+        "nobs_by_test": data.groupby("test", sort=False).size().to_dict(),
+    }
+    return data, info
+
+
+def _untrimmed(
+    log: pd.DataFrame,
+    mechanism: str,
+    *,
+    acceleration: str | None = None,
+    angle_unit: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """SysId's regression rows without its data preparation (``trim=False``).
+
+    Every row of every test, voltage as logged, ``sgn = copysign(1, v)``, acceleration from the
+    column ``acceleration`` or SysId's per-test central difference — the setting of SysId's own
+    noise-free unit check, which regresses the exact acceleration of a simulated plant.
+    """
+    segs = _segments(log, mechanism, acceleration, keep_last=True, sign_voltage=False)
+    frames = []
+    for s in segs:
+        a = _central_acceleration(s) if acceleration is None else s.a
+        frame = {"test": s.test, "time": s.t, "a": a, "v": s.v, "u": s.u}
+        if mechanism == "drivetrain":
+            frame["side"] = s.side
+        if mechanism == "arm":
+            theta = s.x * _angle_scale(log, angle_unit)
+            frame["cos"], frame["sin"] = np.cos(theta), np.sin(theta)
+        frames.append(pd.DataFrame(frame))
+    data = pd.concat(frames, ignore_index=True)
+    data["sgn"] = np.copysign(1.0, data["v"].to_numpy())
+    if mechanism == "elevator":
+        data["const"] = 1.0
+    info = {"nobs_by_test": data.groupby("test", sort=False).size().to_dict()}
+    return data, info
+
+
+def _angle_scale(log: pd.DataFrame, angle_unit: str | None) -> float:
+    unit = (angle_unit or str(log.attrs.get("units", ""))).strip().lower()
+    if unit not in _ANGLE_SCALE:
+        raise DataError(
+            f"an arm needs its position as an angle; units {unit!r} are not one of "
+            f"{list(_ANGLE_SCALE)} (pass angle_unit=...)"
+        )
+    return _ANGLE_SCALE[unit]
+
+
+def _fit_sysid(
+    log: pd.DataFrame,
+    mechanism: str,
+    alpha: float,
+    *,
+    cov_type: str = "nonrobust",
+    cov_kwds: dict[str, Any] | None = None,
+    trim: bool = True,
+    **options: Any,
+) -> Characterization:
+    import statsmodels.api as sm
+
+    if trim:
+        data, info = sysid_pipeline(log, mechanism, **options)
+    else:
+        data, info = _untrimmed(log, mechanism, **options)
+    cols = ["v", "u", "sgn", *{"elevator": ["const"], "arm": ["cos", "sin"]}.get(mechanism, [])]
+    names = list(_COEFS[mechanism])
+    if len(data) <= len(cols):
+        raise TooFewPointsError(
+            f"the SysId pipeline left {len(data)} samples for {len(cols)} coefficients"
+        )
+    X = pd.DataFrame(data[cols].to_numpy(), columns=names)
+    if np.linalg.matrix_rank(X.to_numpy()) < len(cols):
+        raise IdentificationError(
+            f"the SysId regression of a on [{', '.join(cols)}] is rank-deficient after trimming "
+            f"({info.get('nobs_by_test', {})} rows per test): the tests do not excite the "
+            "mechanism enough (e.g. quasistatic ramps that never break static friction)"
+        )
+    model = sm.OLS(data["a"].to_numpy(), X, hasconst=mechanism == "elevator")
+    res = model.fit(cov_type=cov_type, cov_kwds=cov_kwds or {})
+    params = pd.Series(np.asarray(res.params), index=names)
+    gains, gcov = gains_from_coefficients(
+        params, np.asarray(res.cov_params()), mechanism, alpha=alpha
+    )
+    info.update(
+        {
+            "nobs": int(res.nobs),
+            "r2": float(res.rsquared),
+            "rmse": float(np.sqrt(np.mean(np.asarray(res.resid) ** 2))),
+            "cov_type": cov_type,
+            "note": f"legacy SysId pipeline, OLS of a on [{', '.join(cols)}], SE {cov_type}",
+        }
+    )
+    info["data"] = data
+    return Characterization(
+        gains=gains,
+        fit=res,
+        method="sysid",
+        mechanism=mechanism,
+        coefficients=params,
+        cov=gcov,
+        alpha=alpha,
+        units=str(log.attrs.get("units", "")),
+        info=info,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# front door
+# --------------------------------------------------------------------------------------------
+
+
+def _normalise_mechanism(mechanism: str) -> str:
+    key = str(mechanism).strip()
+    if key in MECHANISMS:
+        return MECHANISMS[key]
+    low = key.lower().replace("_", "-").replace(" (angular)", "-angular")
+    aliases = {"flywheel": "simple", "motor": "simple", "angular": "drivetrain-angular"}
+    low = aliases.get(low, low)
+    if low in _COEFS:
+        return low
+    raise DataError(
+        f"unknown mechanism {mechanism!r}; use one of {sorted(_COEFS)} or a SysId test name "
+        f"{list(MECHANISMS)}"
+    )
+
+
+def _check_log(log: Any, mechanism: str | None) -> tuple[pd.DataFrame, str]:
+    if isinstance(log, (str, os.PathLike)):
+        log = read_sysid(log)
+    if not isinstance(log, pd.DataFrame):
+        raise DataError(
+            f"characterize needs a SysId log: a path or the DataFrame of dr.io.read_sysid, got "
+            f"{type(log).__name__}"
+        )
+    if mechanism is None:
+        mechanism = log.attrs.get("mechanism")
+        if mechanism is None:
+            raise DataError(
+                "the log does not say which mechanism it is (no .attrs['mechanism']); pass "
+                f"mechanism= one of {sorted(_COEFS)}"
+            )
+    mech = _normalise_mechanism(mechanism)
+    need = {"test", "time", "voltage", "position", "velocity"}
+    if mech in DRIVETRAIN_TESTS:
+        need |= {"side"}
+    if mech == "drivetrain-angular":
+        need |= {"angle", "angular_rate"}
+    missing = sorted(need - set(log.columns))
+    if missing:
+        raise ColumnNotFoundError(
+            f"the log lacks the columns {missing}; a SysId frame (dr.io.read_sysid) has "
+            f"{sorted(need)}"
+        )
+    unknown = sorted(set(log["test"].unique()) - set(TESTS))
+    if unknown:
+        raise DataError(f"unknown test names {unknown}; SysId tests are {list(TESTS)}")
+    return log, mech
+
+
+def characterize(
+    log: pd.DataFrame | str | os.PathLike[str],
+    mechanism: str | None = None,
+    method: str = "auto",
+    *,
+    alpha: float = 0.05,
+    **options: Any,
+) -> Characterization:
+    """Feedforward gains kS, kV, kA (+ kG, arm offset) of a mechanism, with intervals.
+
+    The relation fitted is ``dv/dt = α v + β u + γ sgn(v) [+ δ] [+ δ cos θ + ε sin θ]``; the
+    gains are ``kS = −γ/β``, ``kV = −α/β``, ``kA = 1/β`` (elevator ``kG = −δ/β``; arm
+    ``kG = hypot(δ, ε)/β``, ``offset = atan2(ε, −δ)``) with delta-method standard errors.
+
+    Parameters
+    ----------
+    log : DataFrame or path
+        A SysId log: the frame of :func:`derivreg.io.read_sysid`, or a path to read.
+    mechanism : str, optional
+        ``simple``, ``elevator``, ``arm``, ``drivetrain``, ``drivetrain-angular`` (or the SysId
+        test names); default: ``log.attrs["mechanism"]``.
+    method : str
+        ``"sysid"``: the legacy SysId pipeline (:func:`sysid_pipeline` + OLS), "the number
+        SysId gives", with OLS standard errors (options: ``acceleration`` — a column to use
+        instead of SysId's central difference; ``velocity_threshold``, ``step_duration`` —
+        override SysId's automatic trimming; ``trim=False`` — SysId's regression on every row
+        without its data preparation, as in SysId's own unit check; ``angle_unit``;
+        ``cov_type``, ``cov_kwds`` — statsmodels OLS covariance, default ``"nonrobust"``).
+        ``"auto"`` (default), ``"integral"``, ``"gradient"``, ``"arimax"``, ``"statespace"``,
+        ``"fourier"``: a derivreg fit of the relation by :func:`derivreg.fit`.
+    alpha : float
+        1 − confidence level of the intervals.
+    **options
+        Passed to the method.
+
+    Returns
+    -------
+    Characterization
+    """
+    if method not in _METHODS:
+        raise MethodNotAvailableError(
+            f"unknown characterisation method {method!r}; use one of {list(_METHODS)}"
+        )
+    if not 0.0 < alpha < 1.0:
+        raise DataError(f"alpha must be in (0, 1), got {alpha}")
+    frame, mech = _check_log(log, mechanism)
+    if method == "sysid":
+        return _fit_sysid(frame, mech, alpha, **options)
+    return _fit_derivreg(frame, mech, method, alpha, **options)
+
+
+def _fit_derivreg(
+    log: pd.DataFrame, mechanism: str, method: str, alpha: float, **options: Any
+) -> Characterization:
+    try:
+        from derivreg.api import fit  # noqa: F401
+    except ImportError:
+        raise MethodNotAvailableError(
+            f"method={method!r} fits the relation with derivreg.fit, which is not available in "
+            "this version yet; use method='sysid' (the legacy SysId pipeline, with standard "
+            "errors)"
+        ) from None
+    raise MethodNotAvailableError(
+        f"method={method!r} for mechanism characterisation is not implemented yet; use "
+        "method='sysid'"
+    )
+
+
+_ = warnings  # used by the derivreg-fit methods (ExcitationWarning)
+_unused = ExcitationWarning

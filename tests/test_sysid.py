@@ -1,0 +1,424 @@
+"""Tests of dr.characterize: the legacy SysId pipeline (method="sysid") and the gains' intervals.
+
+Simulated logs: the SysId feedforward plant
+
+    kA·a = u − kS·sgn(v) − kV·v − kG·g(θ),   g = 0 (simple, drivetrain), 1 (elevator),
+                                             cos(θ + offset) (arm),
+
+stepped with an exact zero-order hold on the voltage (closed form while ``g`` is constant, fine
+RK4 sub-steps for the arm), the friction sign taken from the velocity at the start of each
+sample interval; with static friction (default) a mechanism at rest stays there while
+``|u − kG g| ≤ kS``; with ``friction="sysid"``: ``sgn(0) = 0`` and no stiction (the plant of
+SysId's own noise-free check). Logs are written in SysId's legacy JSON format and read back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import derivreg as dr
+from derivreg.exceptions import (
+    ColumnNotFoundError,
+    DataError,
+    IdentificationError,
+    MethodNotAvailableError,
+)
+from derivreg.sysid import (
+    Characterization,
+    _gain_jacobian,
+    _gain_values,
+    gains_from_coefficients,
+    noise_floor,
+    sysid_pipeline,
+)
+
+TESTS = ("slow-forward", "slow-backward", "fast-forward", "fast-backward")
+
+
+def voltage_profile(
+    test: str, n: int, dt: float, ramp: float = 0.25, step: float = 7.0, zeros: int = 1
+) -> np.ndarray:
+    """SysId test voltages: ramps ``±ramp·k·dt`` or steps ``±step`` after ``zeros`` rows at 0."""
+    sign = 1.0 if test.endswith("forward") else -1.0
+    k = np.arange(n)
+    if test.startswith("slow"):
+        return sign * ramp * k * dt
+    return np.where(k >= zeros, sign * step, 0.0)
+
+
+def simulate_test(
+    u: np.ndarray,
+    dt: float | np.ndarray,
+    kS: float,
+    kV: float,
+    kA: float,
+    kG: float = 0.0,
+    gravity: str = "none",
+    offset: float = 0.0,
+    x0: float = 0.0,
+    friction: str = "stiction",
+) -> dict[str, np.ndarray]:
+    """Exact ZOH stepping of ``kA v' = u − kS sgn(v) − kV v − kG g(θ)``; returns t, x, v, a.
+
+    ``friction="stiction"``: a mechanism at rest stays there while ``|u − kG g| ≤ kS``;
+    ``friction="sysid"``: ``sgn(0) = 0`` and no stiction (SysId's own check plant).
+    """
+    n = len(u)
+    dts = np.broadcast_to(np.asarray(dt, dtype=float), (n - 1,))
+    t = np.concatenate([[0.0], np.cumsum(dts)])
+    x = np.zeros(n)
+    v = np.zeros(n)
+    x[0] = x0
+    tau = kA / kV
+
+    def grav(theta: float) -> float:
+        if gravity == "elevator":
+            return kG
+        if gravity == "arm":
+            return kG * math.cos(theta + offset)
+        return 0.0
+
+    for k in range(n - 1):
+        s = float(np.sign(v[k]))
+        h = dts[k]
+        if friction == "stiction" and s == 0.0:
+            drive = u[k] - grav(x[k])
+            if abs(drive) <= kS:  # held by static friction for this interval
+                x[k + 1], v[k + 1] = x[k], 0.0
+                continue
+            s = float(np.sign(drive))
+        if gravity == "arm":  # nonlinear in θ: RK4 with the input and friction sign held
+            xs, vs, sub = x[k], v[k], 20
+            hh = h / sub
+
+            def f(th: float, w: float, s: float = s, uk: float = u[k]) -> tuple[float, float]:
+                return w, (uk - kS * s - kV * w - kG * math.cos(th + offset)) / kA
+
+            for _ in range(sub):
+                k1 = f(xs, vs)
+                k2 = f(xs + hh / 2 * k1[0], vs + hh / 2 * k1[1])
+                k3 = f(xs + hh / 2 * k2[0], vs + hh / 2 * k2[1])
+                k4 = f(xs + hh * k3[0], vs + hh * k3[1])
+                xs += hh / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
+                vs += hh / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
+            x[k + 1], v[k + 1] = xs, vs
+        else:
+            vss = (u[k] - kS * s - grav(x[k])) / kV  # terminal velocity for this interval
+            e = math.exp(-h / tau)
+            v[k + 1] = vss + (v[k] - vss) * e
+            x[k + 1] = x[k] + vss * h + (v[k] - vss) * tau * (1.0 - e)
+        if friction == "stiction" and np.sign(v[k + 1]) == -s:
+            v[k + 1] = 0.0  # stopped inside the interval (approximate; rare in SysId tests)
+    g = np.array([grav(th) for th in x])
+    a = (u - kS * np.sign(v) - kV * v - g) / kA
+    if friction == "stiction":
+        a = np.where((v == 0.0) & (np.abs(u - g) <= kS), 0.0, a)
+        start = (v == 0.0) & (np.abs(u - g) > kS)  # breakaway: friction opposes the drive
+        a = np.where(start, (u - kS * np.sign(u - g) - g) / kA, a)
+    return {"t": t, "x": x, "v": v, "a": a}
+
+
+def sysid_json(
+    path: Path,
+    test_type: str,
+    gains: dict[str, float],
+    *,
+    dt: float = 0.005,
+    n_slow: int = 1000,
+    n_fast: int = 1000,
+    units: str = "Rotations",
+    units_per_rotation: float = 1.0,
+    t0: float = 100.0,
+    offset: float = 0.0,
+    noise: float = 0.0,
+    seed: int = 0,
+    friction: str = "stiction",
+) -> dict[str, Any]:
+    """Write a legacy SysId JSON log of ``test_type`` with known gains; return the raw document.
+
+    Positions and velocities are written in rotations (divided by ``units_per_rotation``), as
+    SysId logs them. ``noise`` adds Gaussian noise (in log units) to the logged velocity.
+    Returns the document with an extra key ``"_accel"``: the exact accelerations per test (in
+    output units), not written to the file.
+    """
+    rng = np.random.default_rng(seed)
+    kS, kV, kA = gains["kS"], gains["kV"], gains["kA"]
+    kG = gains.get("kG", 0.0)
+    gravity = {"Elevator": "elevator", "Arm": "arm"}.get(test_type, "none")
+    doc: dict[str, Any] = {
+        "sysid": True,
+        "test": test_type,
+        "units": units,
+        "unitsPerRotation": units_per_rotation,
+    }
+    accel: dict[str, np.ndarray] = {}
+    clock = t0
+    for test in TESTS:
+        n = n_slow if test.startswith("slow") else n_fast
+        u = voltage_profile(test, n, dt)
+        # the arm works in radians; other mechanisms in output units
+        angle_scale = {"Radians": 1.0, "Degrees": math.pi / 180, "Rotations": 2 * math.pi}
+        if test_type == "Drivetrain (Angular)":
+            sim = simulate_test(2.0 * u, dt, kS, kV, kA, friction=friction)
+        else:
+            sim = simulate_test(u, dt, kS, kV, kA, kG, gravity, offset, friction=friction)
+        t = clock + sim["t"]
+        clock = float(t[-1]) + 3.0
+        if gravity == "arm":
+            scale = angle_scale[units]  # sim in radians -> output units
+            x_out, v_out, a_out = sim["x"] / scale, sim["v"] / scale, sim["a"] / scale
+        else:
+            x_out, v_out, a_out = sim["x"], sim["v"], sim["a"]
+        accel[test] = a_out
+        x_log = x_out / units_per_rotation
+        v_log = v_out / units_per_rotation + noise * rng.standard_normal(n)
+        if test_type in ("Drivetrain", "Drivetrain (Angular)"):
+            if test_type == "Drivetrain":
+                rows = np.column_stack(
+                    [t, u, u, x_log, x_log, v_log, v_log, np.zeros(n), np.zeros(n)]
+                )
+            else:  # spin in place: left backwards, right forwards; gyro angle and rate
+                rows = np.column_stack(
+                    [t, -u, u, -x_log * 0.3, x_log * 0.3, -v_log * 0.3, v_log * 0.3,
+                     sim["x"], sim["v"]]
+                )  # fmt: skip
+        else:
+            rows = np.column_stack([t, u, x_log, v_log])
+        doc[test] = rows.tolist()
+    Path(path).write_text(json.dumps(doc))
+    doc["_accel"] = accel
+    return doc
+
+
+def read_with_accel(path: Path, doc: dict[str, Any]) -> pd.DataFrame:
+    """Read a simulated log back and attach the exact acceleration as column ``a_exact``."""
+    log = dr.io.read_sysid(path)
+    acc = np.zeros(len(log))
+    for test, a in doc["_accel"].items():
+        mask = (log["test"] == test).to_numpy()
+        if "side" in log:
+            for side in ("left", "right"):
+                acc[mask & (log["side"] == side).to_numpy()] = a
+        else:
+            acc[mask] = a
+    log["a_exact"] = acc
+    return log
+
+
+# ----------------------------------------------------------------------- the teams' real logs
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # team 581, 2022 intake flywheel ("spu"), Simple, radians: repository
+        # team581/frc-2022-rapid-react, sysid_data/compbot/spu_data.json
+        ("team581_2022_spu_simple.json", {"kS": 0.019184, "kV": 0.17836, "kA": 0.002161}),
+        # team 8744, 2023 differential drivetrain: repository FRC-Team8744/ThomasCanTrack,
+        # sysid_data/sysid_data20231028-160422.json
+        ("team8744_2023_drivetrain.json", {"kS": 0.10884, "kV": 1.0835, "kA": 0.13958}),
+    ],
+)
+def test_sysid_method_reproduces_the_teams_gains(shared_data, name, expected):
+    """The legacy pipeline gives the gains the teams adopted from SysId, to a relative 1e-4.
+
+    Logs: team 581 (team581/frc-2022-rapid-react, sysid_data/compbot/spu_data.json) and team
+    8744 (FRC-Team8744/ThomasCanTrack, sysid_data/sysid_data20231028-160422.json); the
+    measurements are the teams'.
+    """
+    ch = dr.characterize(shared_data / "sysid" / name, method="sysid")
+    assert isinstance(ch, Characterization)
+    assert ch.method == "sysid"
+    assert list(ch.gains.index) == ["kS", "kV", "kA"]
+    for gain, value in expected.items():
+        assert ch.gains.loc[gain, "estimate"] == pytest.approx(value, rel=1e-4)
+    # SysId never showed these: finite positive SEs and intervals around the estimates
+    assert (ch.gains["se"] > 0).all() and np.isfinite(ch.gains["se"]).all()
+    assert (ch.gains["lower"] < ch.gains["estimate"]).all()
+    assert (ch.gains["estimate"] < ch.gains["upper"]).all()
+    # the underlying OLS is a statsmodels result whose coefficients map to the gains
+    alpha, beta, gamma = np.asarray(ch.fit.params)
+    assert ch.gains.loc["kA", "estimate"] == pytest.approx(1 / beta)
+    assert ch.gains.loc["kV", "estimate"] == pytest.approx(-alpha / beta)
+    assert ch.gains.loc["kS", "estimate"] == pytest.approx(-gamma / beta)
+    assert ch.info["nobs"] == ch.fit.nobs == len(ch.info["data"])
+    table = ch.to_frame()
+    assert list(table.columns[:5]) == ["gain", "estimate", "se", "lower", "upper"]
+    text = ch.summary()
+    assert "kS" in text and "sysid" in text and repr(ch) == text
+
+
+def test_sysid_velocity_threshold_and_duration_are_sysids(shared_data):
+    """Team 581's log: the threshold is the smaller quasistatic noise floor, and the
+    overrides change the answer (SysId's numbers move with trimming)."""
+    log = dr.io.read_sysid(shared_data / "sysid" / "team581_2022_spu_simple.json")
+    ch = dr.characterize(log, method="sysid")
+    floors = []
+    for test in ("slow-forward", "slow-backward"):
+        v = log.loc[log["test"] == test, "velocity"].to_numpy()[:-1]
+        floors.append(noise_floor(v))
+    assert ch.info["velocity_threshold"] == pytest.approx(min(floors))
+    other = dr.characterize(log, method="sysid", step_duration=0.5, velocity_threshold=1.0)
+    assert other.info["step_duration"] == 0.5
+    assert other.info["nobs"] < ch.info["nobs"]
+    assert other.gains.loc["kA", "estimate"] != pytest.approx(ch.gains.loc["kA", "estimate"])
+
+
+def test_noise_floor_matches_the_definition():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(50).cumsum()
+    w, s = 9, 4
+    padded = np.concatenate([np.zeros(w - 1), x])
+    means = np.array([padded[i : i + w].mean() for i in range(len(x))])
+    expected = math.sqrt(np.sum((x[: len(x) - s] - means[s:]) ** 2) / (len(x) - s))
+    assert noise_floor(x) == pytest.approx(expected)
+
+
+# ------------------------------------------------------------- SysId's own noise-free check
+@pytest.mark.parametrize(
+    "gains",
+    [{"kS": 1.01, "kV": 3.060, "kA": 0.327}, {"kS": 0.547, "kV": 0.0693, "kA": 0.117}],
+)
+def test_sysid_own_noise_free_check(tmp_path, gains):
+    """SysId's check: plant v' = −kV/kA·v + u/kA − kS/kA·sign(v) (sign(0) = 0), exact ZOH at
+    5 ms, ramps 0.25 V/s and 7 V steps (one row at 0 V), 1000 samples per test; SysId's
+    regression on the exact acceleration recovers the gains within 8e-3."""
+    doc = sysid_json(tmp_path / "check.json", "Simple", gains, friction="sysid")
+    log = read_with_accel(tmp_path / "check.json", doc)
+    ch = dr.characterize(log, method="sysid", acceleration="a_exact", trim=False)
+    for gain, value in gains.items():
+        assert abs(ch.gains.loc[gain, "estimate"] - value) < 8e-3
+
+
+# ------------------------------------------------ simulated logs of every mechanism type
+MECHANISM_CASES = [
+    ("Simple", {"kS": 1.01, "kV": 3.06, "kA": 0.327}, "Rotations", 0.0),
+    ("Simple", {"kS": 0.547, "kV": 0.0693, "kA": 0.117}, "Radians", 0.0),
+    ("Elevator", {"kS": 0.6, "kV": 2.0, "kA": 0.2, "kG": 0.4}, "Meters", 0.0),
+    ("Arm", {"kS": 0.6, "kV": 1.5, "kA": 0.1, "kG": 0.4}, "Radians", 0.3),
+    ("Arm", {"kS": 0.6, "kV": 1.5, "kA": 0.1, "kG": 0.4}, "Degrees", -0.5),
+    ("Drivetrain", {"kS": 0.5, "kV": 2.0, "kA": 0.3}, "Meters", 0.0),
+    ("Drivetrain (Angular)", {"kS": 0.5, "kV": 2.0, "kA": 0.3}, "Meters", 0.0),
+]
+
+
+@pytest.mark.parametrize(("test_type", "gains", "units", "offset"), MECHANISM_CASES)
+def test_sysid_pipeline_recovers_noise_free_gains(tmp_path, test_type, gains, units, offset):
+    """Noise-free logs with static friction: the legacy pipeline (central-difference
+    acceleration, trimming) recovers the gains; arm gains are per unit of the log's angle."""
+    path = tmp_path / "sim.json"
+    doc = sysid_json(path, test_type, gains, units=units, offset=offset, n_slow=2000)
+    ch = dr.characterize(path, method="sysid")
+    scale = {"Degrees": math.pi / 180, "Rotations": 2 * math.pi}.get(units, 1.0)
+    per_unit = scale if test_type == "Arm" else 1.0  # kV, kA per degree (per rotation)/s
+    assert ch.gains.loc["kS", "estimate"] == pytest.approx(gains["kS"], abs=0.01)
+    assert ch.gains.loc["kV", "estimate"] == pytest.approx(gains["kV"] * per_unit, rel=0.01)
+    assert ch.gains.loc["kA", "estimate"] == pytest.approx(gains["kA"] * per_unit, rel=0.02)
+    if "kG" in gains:
+        assert ch.gains.loc["kG", "estimate"] == pytest.approx(gains["kG"], abs=0.01)
+    if test_type == "Arm":
+        assert ch.gains.loc["offset", "estimate"] == pytest.approx(offset, abs=0.01)
+        assert list(ch.gains.index) == ["kS", "kV", "kA", "kG", "offset"]
+    assert ch.mechanism == dr.io.read_sysid(path).attrs["mechanism"]
+    assert doc["test"] == test_type
+
+
+def test_drivetrain_keeps_zero_accelerations_simple_drops_them(tmp_path):
+    """SysId concatenates drivetrain sides before deleting a == 0 rows (so they stay)."""
+    path = tmp_path / "dt.json"
+    sysid_json(path, "Drivetrain", {"kS": 0.5, "kV": 2.0, "kA": 0.3})
+    data, _ = sysid_pipeline(dr.io.read_sysid(path), "drivetrain")
+    assert (data["a"] == 0.0).sum() > 0
+    assert set(data["side"]) == {"left", "right"}
+    path = tmp_path / "simple.json"
+    sysid_json(path, "Simple", {"kS": 0.5, "kV": 2.0, "kA": 0.3})
+    data, _ = sysid_pipeline(dr.io.read_sysid(path), "simple")
+    assert (data["a"] == 0.0).sum() == 0
+    assert (np.sign(data["u"]) == data["sgn"]).all()  # voltage takes the sign of velocity
+
+
+# --------------------------------------------------------------------------- delta method
+@pytest.mark.parametrize("mechanism", ["simple", "elevator", "arm"])
+def test_gain_jacobian_matches_finite_differences(mechanism):
+    theta = {
+        "simple": [-9.0, 3.0, -1.5],
+        "elevator": [-9.0, 3.0, -1.5, -2.0],
+        "arm": [-9.0, 3.0, -1.5, -2.0, 0.7],
+    }[mechanism]
+    theta = np.asarray(theta)
+    J = _gain_jacobian(theta, mechanism)
+    num = np.empty_like(J)
+    for i in range(len(theta)):
+        h = 1e-6
+        e = np.zeros_like(theta)
+        e[i] = h
+        num[:, i] = (_gain_values(theta + e, mechanism) - _gain_values(theta - e, mechanism)) / (
+            2 * h
+        )
+    np.testing.assert_allclose(J, num, rtol=1e-6, atol=1e-8)
+
+
+def test_gains_from_coefficients_known_values_and_monte_carlo_se():
+    """Known (α, β, γ, δ, ε) of an arm map to its gains; delta-method SEs match the spread of
+    the gains over draws of the coefficients (small covariance: linearisation holds)."""
+    kS, kV, kA, kG, off = 0.3, 1.2, 0.05, 0.8, 0.4
+    theta = np.array(
+        [-kV / kA, 1 / kA, -kS / kA, -kG * math.cos(off) / kA, kG * math.sin(off) / kA]
+    )
+    rng = np.random.default_rng(7)
+    L = rng.standard_normal((5, 5)) * 0.02
+    cov = L @ L.T + np.diag(np.full(5, 1e-4))
+    gains, gcov = gains_from_coefficients(theta, cov, "arm")
+    np.testing.assert_allclose(gains["estimate"], [kS, kV, kA, kG, off], rtol=1e-12)
+    draws = rng.multivariate_normal(theta, cov, size=20000)
+    values = np.array([_gain_values(d, "arm") for d in draws])
+    np.testing.assert_allclose(gains["se"], values.std(axis=0), rtol=0.05)
+    np.testing.assert_allclose(np.diag(gcov.to_numpy()), gains["se"] ** 2)
+    z = 1.959963984540054
+    np.testing.assert_allclose(gains["upper"] - gains["estimate"], z * gains["se"])
+
+
+def test_gains_from_coefficients_rejects_bad_input():
+    with pytest.raises(IdentificationError, match="β"):
+        gains_from_coefficients([1.0, 0.0, 1.0], np.eye(3))
+    with pytest.raises(DataError, match="3 coefficients"):
+        gains_from_coefficients([1.0, 2.0], np.eye(2))
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_input_raises_clear_errors(tmp_path):
+    path = tmp_path / "s.json"
+    sysid_json(path, "Simple", {"kS": 0.5, "kV": 2.0, "kA": 0.3}, n_slow=200, n_fast=200)
+    log = dr.io.read_sysid(path)  # 1-s ramps reach 0.25 V < kS: the mechanism never creeps
+    with pytest.raises(IdentificationError, match="rank-deficient"):
+        dr.characterize(log, method="sysid")
+    sysid_json(path, "Simple", {"kS": 0.5, "kV": 2.0, "kA": 0.3}, n_slow=600, n_fast=200)
+    log = dr.io.read_sysid(path)
+    with pytest.raises(MethodNotAvailableError, match="unknown characterisation method"):
+        dr.characterize(log, method="magic")
+    with pytest.raises(DataError, match="unknown mechanism"):
+        dr.characterize(log, mechanism="catapult", method="sysid")
+    with pytest.raises(ColumnNotFoundError, match="velocity"):
+        dr.characterize(log.drop(columns="velocity"), method="sysid")
+    with pytest.raises(DataError, match="SysId log"):
+        dr.characterize(np.zeros((4, 4)), method="sysid")
+    bare = pd.DataFrame(log)
+    bare.attrs = {}
+    with pytest.raises(DataError, match="mechanism"):
+        dr.characterize(bare, method="sysid")
+    assert dr.characterize(bare, mechanism="Simple", method="sysid").mechanism == "simple"
+    meters = log.copy()
+    meters.attrs["units"] = "Meters"
+    with pytest.raises(DataError, match="angle"):
+        dr.characterize(meters, mechanism="arm", method="sysid")
+    with pytest.raises(DataError, match="unknown test names"):
+        dr.characterize(log.replace({"test": {"fast-forward": "fast"}}), method="sysid")
+    with pytest.raises(ColumnNotFoundError, match="acceleration column"):
+        dr.characterize(log, method="sysid", acceleration="nope")
+    with pytest.raises(DataError, match="alpha"):
+        dr.characterize(log, method="sysid", alpha=1.5)
