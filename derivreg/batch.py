@@ -101,6 +101,26 @@ class _Spec:
     index_name: Any
 
 
+def _check_method(method: str, options: dict[str, Any]) -> None:
+    """Unknown or unavailable methods and unknown options raise once, up front."""
+    from derivreg import api
+
+    try:
+        cls = api.get_model_class(method)
+    except MethodNotAvailableError:
+        if method != "auto":
+            raise
+        cls = api.get_model_class(getattr(api, "AUTO_FALLBACK", "integral"))
+    known = getattr(cls, "option_defaults", None)
+    if known is None:
+        return
+    unknown = sorted(set(options) - set(known) - {"cov_type", "nan_policy"})
+    if unknown:
+        raise DataError(
+            f"method={method!r} has no option(s) {unknown}; valid options: {sorted(known)}"
+        )
+
+
 def _parse(formula: Any) -> Any:
     """Parse the formula once; a bad formula raises :class:`FormulaError` here, not per group."""
     from derivreg.formula import parse_formula
@@ -307,20 +327,25 @@ def _warning_text(caught: list[warnings.WarningMessage]) -> str | None:
 
 
 def _run_chunk(spec: _Spec, payload: _Payload) -> ChunkResult:
-    """Fit every group of one chunk, one BLAS thread."""
+    """Fit every group of one chunk (the caller limits BLAS threads)."""
+    out = ChunkResult()
+    for i in range(len(payload.offsets) - 1):
+        group = payload.start + i
+        try:
+            frame = _group_frame(spec, payload, i)
+        except Exception as exc:
+            out.add_error(group, spec.method, _error_message(exc), None)
+            continue
+        _fit_one(spec, frame, group, out)
+    return out
+
+
+def _run_chunk_one_thread(spec: _Spec, payload: _Payload) -> ChunkResult:
+    """:func:`_run_chunk` with one BLAS thread for its duration (dask workers)."""
     from threadpoolctl import threadpool_limits
 
-    out = ChunkResult()
     with threadpool_limits(limits=1):
-        for i in range(len(payload.offsets) - 1):
-            group = payload.start + i
-            try:
-                frame = _group_frame(spec, payload, i)
-            except Exception as exc:
-                out.add_error(group, spec.method, _error_message(exc), None)
-                continue
-            _fit_one(spec, frame, group, out)
-    return out
+        return _run_chunk(spec, payload)
 
 
 # --- process backend: workers forked after the plan exists read it from this global ---------
@@ -445,7 +470,7 @@ def _iter_dask(
         from distributed import as_completed
 
         futures = [
-            dask_client.submit(_run_chunk, spec, _payload(plan, start, stop), pure=False)
+            dask_client.submit(_run_chunk_one_thread, spec, _payload(plan, start, stop), pure=False)
             for start, stop in bounds
         ]
         try:
@@ -498,6 +523,7 @@ def _prepare(
                 f"{name} column {col!r} is not in the data; columns are {list(df.columns)}"
             )
     model_spec = _parse(formula)
+    _check_method(method, options)
     model_spec.validate(df.columns)
     used = {str(c) for c in model_spec.columns} | {c for c in (time, segment) if c is not None}
     columns = [c for c in df.columns if str(c) in used]
