@@ -37,6 +37,7 @@ from derivreg.exceptions import DataError, LengthMismatchError, TimeIndexError
 __all__ = [
     "INPUT_KINDS",
     "MOTOR_TESTS",
+    "as_sysid_log",
     "discretize",
     "exact_terms",
     "first_order",
@@ -252,6 +253,7 @@ def first_order(
     sigma: float = 0.0,
     tau: float = 0.0,
     seed: Any = None,
+    substeps: int = 1,
 ) -> pd.DataFrame:
     r"""Simulate ``dx = (a x + b u + c) dt + σ dW`` exactly, observed as ``y = x + τ e``.
 
@@ -286,6 +288,13 @@ def first_order(
         Process-noise intensity σ and measurement-noise SD τ.
     seed : int, Generator or None
         Seed of the random streams (input, process noise, measurement noise).
+    substeps : int
+        1 (default): the input is held/interpolated between the returned samples, exactly.
+        ``m > 1``: a kind name or callable input is evaluated on a grid ``m`` times finer and
+        held/interpolated there (still exact for that fine input, process noise included); the
+        returned rows are every m-th fine sample. Use it to approximate a continuous input such
+        as a multisine (the error of the linear hold falls as ``1/m²``). Array inputs are
+        refined by their own hold, which changes nothing.
 
     Returns
     -------
@@ -305,17 +314,35 @@ def first_order(
         period = 2.0 / scale if u in ("switching", "square") else None
         if u == "multisine":
             period = 2 * np.pi / scale
-    uu = _input_values(u, times, period=period, rng=rng_u)
-
+    m = int(substeps)
+    if m < 1:
+        raise DataError(f"substeps must be a positive integer, got {substeps}")
     dts = np.full(times.size - 1, float(dt)) if t is None else np.diff(times)
-    phi, i0, i1, var = exact_terms(a, dts)
-    slope = np.diff(uu) / dts if hold == "linear" else np.zeros_like(dts)
-    forcing = b * (uu[:-1] * i0 + slope * i1) + c * i0
+    if m > 1:  # simulate on a grid m times finer; return every m-th sample
+        frac = np.arange(m) / m
+        fine = np.concatenate([(times[:-1, None] + dts[:, None] * frac).ravel(), times[-1:]])
+        if not isinstance(u, str) and not callable(u):
+            vals = _input_values(u, times, period=period, rng=rng_u)
+            if hold == "linear":
+                uf = np.interp(fine, times, vals)
+            else:
+                uf = np.append(np.repeat(vals[:-1], m), vals[-1])
+        else:
+            uf = _input_values(u, fine, period=period, rng=rng_u)
+        dfine = np.repeat(dts / m, m)
+    else:
+        fine, dfine = times, dts
+        uf = _input_values(u, times, period=period, rng=rng_u)
+
+    phi, i0, i1, var = exact_terms(a, dfine)
+    slope = np.diff(uf) / dfine if hold == "linear" else np.zeros_like(dfine)
+    forcing = b * (uf[:-1] * i0 + slope * i1) + c * i0
     if sigma > 0:
-        forcing = forcing + sigma * np.sqrt(var) * rng_w.standard_normal(dts.size)
+        forcing = forcing + sigma * np.sqrt(var) * rng_w.standard_normal(dfine.size)
     if x0 is None:
-        x0 = -(b * uu[0] + c) / a if a < 0 else 0.0
-    x = _ar1(phi, forcing, float(x0))
+        x0 = -(b * uf[0] + c) / a if a < 0 else 0.0
+    x = _ar1(phi, forcing, float(x0))[::m]
+    uu = uf[::m]
     out = _frame(times, {"x": _measure(x, tau, rng_e), "x_true": x, "u": uu})
     out.attrs.update(
         truth={"x": float(a), "u": float(b), "Intercept": float(c)},
@@ -323,6 +350,7 @@ def first_order(
         tau=float(tau),
         input_hold=hold,
         x0=float(x0),
+        substeps=m,
     )
     return out
 
@@ -533,6 +561,7 @@ class _MotorStepper:
             uniq, inv = np.unique(dts, return_inverse=True)
             A = np.array([[0.0, 1.0], [0.0, self.a]])
             Q = discretize(A, [[0.0], [0.0]], [0.0, 0.0], [[0.0], [self.sigma]], uniq)["Q"]
+            etas = _noise_draws(Q[inv], rng).tolist()
         x = np.zeros(t.size)
         v = np.zeros(t.size)
         xk, vk = float(start[0]), float(start[1])
@@ -546,8 +575,7 @@ class _MotorStepper:
             else:
                 xk, vk = self._interval(xk, vk, uu[k], slope, delta)
             if self.sigma > 0 and vk != 0.0:
-                eta = _noise_draws(Q[inv[k]][None], rng)[0]
-                xk, vk = xk + float(eta[0]), vk + float(eta[1])
+                xk, vk = xk + etas[k][0], vk + etas[k][1]
             x[k + 1], v[k + 1] = xk, vk
         return x, v
 
@@ -812,6 +840,27 @@ def sysid_check_log(kS: float, kV: float, kA: float) -> pd.DataFrame:
         input_hold="zoh",
         friction="sysid",
     )
+
+
+def as_sysid_log(df: pd.DataFrame, *, units: str = "Rotations") -> pd.DataFrame:
+    """A :func:`motor` frame in the layout of :func:`derivreg.io.read_sysid` (Simple mechanism).
+
+    Renames ``t, u, x, v`` to ``time, voltage, position, velocity`` (the true columns are kept)
+    and sets ``attrs`` ``mechanism="simple"``, ``test_type="Simple"``, ``units``,
+    ``unitsPerRotation=1.0``, ``source="derivreg.simulate.motor"``, plus the ``truth`` and
+    ``gains`` of the simulation, so that ``dr.characterize(as_sysid_log(motor(...)))`` works.
+    """
+    out = df.rename(columns={"t": "time", "u": "voltage", "x": "position", "v": "velocity"})
+    out["test"] = out["test"].astype(object)
+    out.attrs = {
+        **df.attrs,
+        "mechanism": "simple",
+        "test_type": "Simple",
+        "units": units,
+        "unitsPerRotation": 1.0,
+        "source": "derivreg.simulate.motor",
+    }
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -379,3 +379,49 @@ def test_motor_events_are_grid_independent() -> None:
     np.testing.assert_allclose(vc, vf[::25], atol=1e-11)
     assert np.sum(np.diff(np.sign(vf[vf != 0])) != 0) >= 2  # the run does reverse
     assert np.any(vf[1:] == 0)  # and does stop
+
+
+def test_sysid_check_reproduces_wpilib_tolerance() -> None:
+    """SysId's own check: OLS of the plant's acceleration on [v, u, sgn v] within 8 %."""
+    characterize = pytest.importorskip("derivreg.sysid").characterize
+    for gains in GAINS:
+        log = sim.as_sysid_log(sim.sysid_check_log(*gains))
+        assert log.attrs["mechanism"] == "simple" and log.attrs["gains"]["kS"] == gains[0]
+        ch = characterize(log, method="sysid", acceleration="a_true", trim=False)
+        est = ch.gains.loc[["kS", "kV", "kA"], "estimate"].to_numpy()
+        np.testing.assert_allclose(est, gains, rtol=0.08)
+
+
+def test_first_order_substeps() -> None:
+    t = np.linspace(0.0, 20.0, 41)
+    u = np.sin(0.7 * t)
+    for hold in ("zoh", "linear"):
+        plain = sim.first_order(-0.9, t=t, u=u, input_hold=hold, x0=0.2)
+        fine = sim.first_order(-0.9, t=t, u=u, input_hold=hold, x0=0.2, substeps=7)
+        np.testing.assert_allclose(fine["x_true"], plain["x_true"], atol=1e-12)
+    # a continuous input: the fine linear hold converges to the continuous solution
+    sol = solve_ivp(
+        lambda s, y: -0.9 * y + np.sin(0.7 * s),
+        (0.0, 20.0),
+        [0.2],
+        t_eval=t,
+        rtol=1e-12,
+        atol=1e-13,
+        method="DOP853",
+    )
+    errs = [
+        np.abs(
+            sim.first_order(
+                -0.9, t=t, u=lambda s: np.sin(0.7 * s), input_hold="linear", x0=0.2, substeps=m
+            )["x_true"].to_numpy()
+            - sol.y[0]
+        ).max()
+        for m in (1, 8)
+    ]
+    assert errs[1] < errs[0] / 40  # the linear-hold error falls as 1/m²
+    # the returned samples keep the exact process-noise variance
+    noisy = sim.first_order(-0.5, 0.0, n=8000, dt=0.6, sigma=1.0, seed=1, x0=0.0, substeps=4)
+    x = noisy["x_true"].to_numpy()
+    phi, _, _, var = sim.exact_terms(-0.5, np.array([0.6]))
+    z = (x[1:] - phi * x[:-1]) / np.sqrt(var)
+    assert abs(z.var() - 1) < 4.5 * np.sqrt(2 / z.size)
