@@ -32,7 +32,7 @@ from scipy.integrate import solve_ivp
 from scipy.optimize import brentq
 
 from derivreg._typing import FloatArray
-from derivreg.exceptions import DataError, LengthMismatchError, TimeIndexError
+from derivreg.exceptions import ConvergenceError, DataError, LengthMismatchError, TimeIndexError
 
 __all__ = [
     "INPUT_KINDS",
@@ -634,7 +634,7 @@ class _MotorStepper:
             r = r + rstar
             if r >= delta:
                 return x, 0.0
-        raise RuntimeError("motor stepping did not settle within an interval")  # pragma: no cover
+        raise ConvergenceError("motor stepping did not settle within a sample interval")
 
 
 def _sign(value: float) -> float:
