@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from derivreg.datasets import update_checksums
 from derivreg.simulate import first_order, inputs
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +50,7 @@ def main(out: Path = HERE) -> None:
     panel, truth = build()
     (Path(out) / "cooling_panel.csv").write_text(to_csv_text(panel), encoding="utf-8")
     (Path(out) / "cooling_panel_truth.csv").write_text(to_csv_text(truth), encoding="utf-8")
+    update_checksums(Path(out))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from derivreg.datasets import update_checksums
 from derivreg.simulate import motor
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +44,7 @@ def to_csv_text(df: pd.DataFrame) -> str:
 
 def main(out: Path = HERE) -> None:
     (Path(out) / "motor_sysid.csv").write_text(to_csv_text(build()), encoding="utf-8")
+    update_checksums(Path(out))
 
 
 if __name__ == "__main__":

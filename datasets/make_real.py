@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from derivreg.datasets import update_checksums
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_SOURCE = HERE.parent.parent / "shared" / "data"
 
@@ -60,6 +62,7 @@ def to_csv_text(df: pd.DataFrame) -> str:
 def main(source: Path = DEFAULT_SOURCE, out: Path = HERE) -> None:
     for name, df in build(source).items():
         (Path(out) / f"{name}.csv").write_text(to_csv_text(df), encoding="utf-8")
+    update_checksums(Path(out))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,15 @@ import pandas as pd
 
 from derivreg.exceptions import DataError
 
-__all__ = ["DatasetNotFoundError", "data_dir", "list", "list_datasets", "load", "registry"]
+__all__ = [
+    "DatasetNotFoundError",
+    "data_dir",
+    "list",
+    "list_datasets",
+    "load",
+    "registry",
+    "update_checksums",
+]
 
 _REGISTRY = "registry.json"
 
@@ -64,6 +72,25 @@ def registry() -> dict[str, dict[str, Any]]:
 def _sha256(path: Path) -> str:
     """SHA-256 of a text file with line endings normalised to ``\\n`` (git autocrlf safe)."""
     return hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
+
+
+def update_checksums(folder: Path | None = None) -> dict[str, str]:
+    """Record the SHA-256 of every dataset file in ``registry.json`` (maintainers' tool).
+
+    The generator scripts in ``datasets/`` call it after rewriting their CSVs. Returns the new
+    checksums by file name.
+    """
+    folder = data_dir() if folder is None else Path(folder)
+    path = folder / _REGISTRY
+    reg = json.loads(path.read_text(encoding="utf-8"))
+    sums: dict[str, str] = {}
+    for meta in reg.values():
+        for file_key, sum_key in (("file", "sha256"), ("truth_file", "truth_sha256")):
+            if file_key in meta:
+                meta[sum_key] = sums[meta[file_key]] = _sha256(folder / meta[file_key])
+    path.write_text(json.dumps(reg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    registry.cache_clear()
+    return sums
 
 
 def list_datasets() -> pd.DataFrame:

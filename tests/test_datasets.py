@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -79,15 +80,24 @@ def test_modified_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         if f.is_file():
             shutil.copy(f, tmp_path / f.name)
     monkeypatch.setattr(datasets, "data_dir", lambda: tmp_path)
-    pd.testing.assert_frame_equal(datasets.load("bod"), datasets.load("bod"))
-    text = (tmp_path / "bod.csv").read_text().replace("8.3", "8.4")
-    (tmp_path / "bod.csv").write_text(text)
-    with pytest.raises(DataError, match="SHA-256"):
-        datasets.load("bod")
-    # CRLF line endings (git autocrlf checkouts) are not a modification
-    crlf = (tmp_path / "uspop.csv").read_bytes().replace(b"\n", b"\r\n")
-    (tmp_path / "uspop.csv").write_bytes(crlf)
-    assert datasets.load("uspop").shape == (19, 2)
+    datasets.registry.cache_clear()
+    try:
+        pd.testing.assert_frame_equal(datasets.load("bod"), datasets.load("bod"))
+        text = (tmp_path / "bod.csv").read_text().replace("8.3", "8.4")
+        (tmp_path / "bod.csv").write_text(text)
+        with pytest.raises(DataError, match="SHA-256"):
+            datasets.load("bod")
+        # the maintainers' tool records the new checksum; then the edited file loads
+        sums = datasets.update_checksums(tmp_path)
+        shipped = json.loads((DATA / "registry.json").read_text(encoding="utf-8"))
+        assert sums["bod.csv"] != shipped["bod"]["sha256"] and len(sums) == 8
+        assert datasets.load("bod")["demand"].iloc[0] == 8.4
+        # CRLF line endings (git autocrlf checkouts) are not a modification
+        crlf = (tmp_path / "uspop.csv").read_bytes().replace(b"\n", b"\r\n")
+        (tmp_path / "uspop.csv").write_bytes(crlf)
+        assert datasets.load("uspop").shape == (19, 2)
+    finally:
+        datasets.registry.cache_clear()
 
 
 def test_readme_documents_every_dataset_and_source() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
+from scipy.linalg import solve_continuous_lyapunov
 from scipy.signal import cont2discrete
 
 from derivreg import simulate as sim
@@ -425,3 +426,20 @@ def test_first_order_substeps() -> None:
     phi, _, _, var = sim.exact_terms(-0.5, np.array([0.6]))
     z = (x[1:] - phi * x[:-1]) / np.sqrt(var)
     assert abs(z.var() - 1) < 4.5 * np.sqrt(2 / z.size)
+
+
+def test_second_order_process_noise_covariance_is_exact() -> None:
+    a0, a1, sigma, dt, n = -2.0, -0.5, 0.8, 0.2, 20_000
+    df = sim.second_order(a0, a1, 0.0, n=n, dt=dt, sigma=sigma, seed=9, u="constant")
+    z = df[["x_true", "v_true"]].to_numpy()
+    d = sim.discretize([[0.0, 1.0], [a0, a1]], [[0.0], [0.0]], [0.0, 0.0], None, [dt])
+    eta = z[1:] - z[:-1] @ d["Phi"][0].T
+    # for a stable A, Q = P − Φ P Φᵀ with P the stationary covariance (A P + P Aᵀ + G Gᵀ = 0):
+    # independent of the Van Loan formula used by the simulator
+    A = np.array([[0.0, 1.0], [a0, a1]])
+    P = solve_continuous_lyapunov(A, -np.array([[0.0, 0.0], [0.0, sigma**2]]))
+    Phi = d["Phi"][0]
+    Q = P - Phi @ P @ Phi.T
+    emp = np.cov(eta.T)
+    se = np.sqrt((Q**2 + np.outer(np.diag(Q), np.diag(Q))) / n)  # SE of a sample covariance
+    assert np.all(np.abs(emp - Q) < 4.5 * se)
