@@ -511,6 +511,9 @@ def _prepare(
 ) -> _Prepared:
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"fit_many needs a DataFrame, got {type(df).__name__}")
+    if df.attrs:  # pandas deep-copies attrs on every operation: drop them once, here
+        df = df.copy(deep=False)
+        df.attrs = {}
     by_cols = _as_list(by)
     missing = [c for c in by_cols if c not in df.columns]
     if missing:
