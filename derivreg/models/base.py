@@ -16,7 +16,8 @@ How to add a model form
    give intervals that cover — say the measured coverage in the class docstring),
    ``option_defaults`` (every keyword option the form accepts, with its default: unknown options
    raise :class:`DataError`), and where relevant ``supports_systems``, ``supports_nonlinear``,
-   ``requires_regular``, ``handles_missing``.
+   ``requires_regular``, ``handles_missing``, ``blas_threads`` (BLAS threads during ``_fit``,
+   default 1).
 3. Implement ``_fit(self, cov_type, **kw) -> DiffRegResults``. Everything is prepared by
    ``__init__``:
 
@@ -68,9 +69,28 @@ from derivreg.formula import ModelSpec, parse_formula
 from derivreg.results import DiffRegResults
 from derivreg.timebase import SampledData, prepare_data, require_regular
 
-__all__ = ["INPUT_HOLDS", "Model"]
+__all__ = ["INPUT_HOLDS", "Model", "resolve_preprocessor"]
 
 INPUT_HOLDS = ("zoh", "linear")
+
+
+def resolve_preprocessor(method: Any, options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """A derivative preprocessor for a model, and a note on what was used.
+
+    ``"auto"`` falls back to Savitzky–Golay with a cross-validated window while no automatic
+    selection is installed (the note says so).
+    """
+    from derivreg.preprocess import get_preprocessor
+
+    opts = dict(options or {})
+    try:
+        pre = get_preprocessor(method, **opts)
+        return pre, repr(pre)
+    except MethodNotAvailableError:
+        if method != "auto":
+            raise
+    pre = get_preprocessor("savgol", **opts)
+    return pre, f"{pre!r} (fallback for 'auto')"
 
 
 class Model(abc.ABC):
@@ -101,6 +121,9 @@ class Model(abc.ABC):
     supports_nonlinear: ClassVar[bool] = True
     requires_regular: ClassVar[bool] = False
     handles_missing: ClassVar[bool] = False
+    #: BLAS threads while fitting (1: the dense linear algebra here is small, and multithreaded
+    #: BLAS on a loaded machine was measured 250x slower for a 300x300 Cholesky); None = no limit
+    blas_threads: ClassVar[int | None] = 1
 
     def __init__(
         self,
@@ -188,7 +211,10 @@ class Model(abc.ABC):
                 f"cov_type={cov_type!r} is not available for method={self.method!r}; "
                 f"choose one of {list(self.cov_types)}"
             )
-        with warnings.catch_warnings(record=True) as caught:
+        from threadpoolctl import threadpool_limits
+
+        limits = self.blas_threads
+        with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=limits):
             warnings.simplefilter("always")
             res = self._fit(cov_type, **kwargs)
         for w in caught:
@@ -240,7 +266,9 @@ class Model(abc.ABC):
         if highest is not None:
             ex = [c for c in self.spec.exogenous]
             U = np.column_stack([self.column(c) for c in ex]) if ex else None
-            share = steady_state_share(np.asarray(highest, dtype=float), U, self.data.segments)
+            share = steady_state_share(
+                np.asarray(highest, dtype=float), U, self.data.segments, t=self.data.t
+            )
             if np.isfinite(share) and share > STEADY_STATE_WARN:
                 warnings.warn(
                     f"{share:.0%} of the samples are at steady state (inputs constant, "

@@ -30,7 +30,7 @@ from derivreg._typing import FloatArray
 from derivreg.covariance import system_cov
 from derivreg.exceptions import BiasWarning, DataError, LengthMismatchError, TooFewPointsError
 from derivreg.formula import derivative_label
-from derivreg.models.base import Model
+from derivreg.models.base import Model, resolve_preprocessor
 from derivreg.results import DiffRegResults
 
 __all__ = ["GradientOLS"]
@@ -103,11 +103,10 @@ class GradientOLS(Model):
         return out
 
     def _estimated(self) -> tuple[dict[tuple[str, int], FloatArray], dict[tuple[str, int], Any]]:
-        from derivreg.preprocess import get_preprocessor
-
         sd = self.data
-        opts = self.options.get("derivative_options") or {}
-        pre = get_preprocessor(self.options["derivative"], **opts)
+        pre, self.derivative_note_ = resolve_preprocessor(
+            self.options["derivative"], self.options.get("derivative_options")
+        )
         need = sorted(self.spec.derivatives)
         cols = sorted({v for v, _ in need})
         codes = np.empty(sd.nobs, dtype=np.intp)
@@ -140,7 +139,7 @@ class GradientOLS(Model):
             deriv_name = "supplied"
         else:
             derivs, ses = self._estimated()
-            deriv_name = repr(self.preprocessor_)
+            deriv_name = self.derivative_note_
         values: dict[tuple[str, int], FloatArray] = {**self.columns_dict(), **derivs}
         n = sd.nobs
         ys = [values[(eq.response, eq.order)] for eq in self.spec.equations]
@@ -178,7 +177,7 @@ class GradientOLS(Model):
             resid[rows, i] = resid_b[i]
             fit_full[rows, i] = fitted[i]
         highest = np.full(n, np.nan)
-        highest[rows] = ys[0][rows]
+        highest[rows] = fitted[0]
         diag = self.diagnose(
             np.hstack(X_b), resid_b[0], highest=highest, extra={"derivative": deriv_name}
         )
