@@ -50,6 +50,7 @@ __all__ = [
     "characterize",
     "gains_from_coefficients",
     "noise_floor",
+    "prepare_fit_data",
     "sysid_pipeline",
 ]
 
@@ -769,22 +770,219 @@ def characterize(
     return _fit_derivreg(frame, mech, method, alpha, **options)
 
 
+def _longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """``(start, stop)`` of the longest run of True in ``mask`` (``(0, 0)`` if none)."""
+    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    starts, stops = edges[::2], edges[1::2]
+    if len(starts) == 0:
+        return 0, 0
+    i = int(np.argmax(stops - starts))
+    return int(starts[i]), int(stops[i])
+
+
+def _interval_means(t: FloatArray, y: FloatArray, idx: np.ndarray, t_end: float) -> FloatArray:
+    """Time averages of the held (ZOH) signal ``y`` over ``[t[idx_j], t[idx_{j+1}])``."""
+    edges = np.append(t[1:], t_end)
+    area = np.concatenate([[0.0], np.cumsum(y * (edges - t))])
+    stops = np.append(idx[1:], len(t))
+    t_stop = np.append(t[idx[1:]], t_end)
+    return (area[stops] - area[idx]) / (t_stop - t[idx])
+
+
+def prepare_fit_data(
+    log: pd.DataFrame,
+    mechanism: str,
+    *,
+    signal: str = "velocity",
+    fresh: bool = True,
+    angle_unit: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Clean a SysId log for a derivreg fit of ``dv/dt = α v + β u + γ s (+ gravity terms)``.
+
+    Per test (and drivetrain side), one segment of the fit:
+
+    * **leading zero-voltage rows and stiction**: only the longest contiguous stretch in which
+      the mechanism moves is kept — voltage applied and ``|v|`` above its level at rest (the
+      largest ``|v|`` over the leading 0-V rows). Samples held by static friction obey
+      ``a = 0``, not the relation, and are left out.
+    * **friction sign**: ``s`` is the test's direction of motion (the sign of its median
+      velocity), constant over the segment — never the sign of a noisy velocity near zero; the
+      voltage is ``|V|·s`` (SysId's ``copysign``, per test rather than per sample).
+    * **quantised / stale velocities** (``fresh=True``): a row whose fitted signal equals the
+      previous row's is a repeat of an old reading, not a new measurement, and is dropped; the
+      voltage of each kept row becomes its time average until the next kept row, so the first
+      integral of the held voltage stays exact. Jittery or irregular time stamps are kept as
+      they are (the fits use the actual times).
+
+    Parameters
+    ----------
+    log : DataFrame
+        From :func:`~derivreg.io.read_sysid`.
+    mechanism : str
+        Normalised mechanism name.
+    signal : {"velocity", "position"}
+        Fit the first-order relation in the logged velocity, or the second-order relation in
+        the logged position (``d(x, 2) ~ d(x) + u + s``).
+    fresh : bool
+        Drop repeated readings as above.
+    angle_unit : str, optional
+        Arm angle unit (default from ``log.attrs["units"]``).
+
+    Returns
+    -------
+    data : DataFrame
+        Columns ``segment``, ``time``, ``v`` (or ``x``), ``u``, ``s`` (+ ``cos_theta``,
+        ``sin_theta`` for an arm).
+    info : dict
+        Rows kept per segment.
+    """
+    if signal not in ("velocity", "position"):
+        raise DataError(f"signal must be 'velocity' or 'position', got {signal!r}")
+    scale = _angle_scale(log, angle_unit) if mechanism == "arm" else 1.0
+    keys = ["test", "side"] if mechanism in DRIVETRAIN_TESTS else ["test"]
+    sides = ["left", "right"] if mechanism == "drivetrain" else ["left"]
+    frames, kept = [], {}
+    for key, d in log.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        if mechanism in DRIVETRAIN_TESTS and key[1] not in sides:
+            continue
+        t = d["time"].to_numpy(dtype=float)
+        volt = d["voltage"].to_numpy(dtype=float)
+        if mechanism == "drivetrain-angular":
+            v = d["angular_rate"].to_numpy(dtype=float)
+            x = d["angle"].to_numpy(dtype=float)
+            volt = 2.0 * volt  # SysId's angular voltage: 2·|V_left|
+        else:
+            v = d["velocity"].to_numpy(dtype=float)
+            x = d["position"].to_numpy(dtype=float)
+        on = np.flatnonzero(volt != 0)
+        rest = float(np.max(np.abs(v[: on[0]]))) if len(on) and on[0] > 0 else 0.0
+        a, b = _longest_run((np.abs(v) > rest) & (volt != 0))
+        label = "/".join(str(k) for k in key[::-1])
+        if b - a < 5:
+            raise TooFewPointsError(
+                f"segment {label!r}: the mechanism never moves for 5 consecutive samples"
+            )
+        dt = np.diff(t)
+        t_end = t[b] if b < len(t) else t[b - 1] + float(np.median(dt))
+        t, volt, v, x = t[a:b], volt[a:b], v[a:b], x[a:b]
+        direction = float(np.sign(np.median(v)))
+        if direction == 0.0:
+            raise DataError(f"segment {label!r}: the direction of motion is undetermined")
+        u = np.abs(volt) * direction
+        y = v if signal == "velocity" else x
+        idx = np.flatnonzero(np.concatenate([[True], np.diff(y) != 0])) if fresh else None
+        frame: dict[str, Any] = {"segment": label}
+        if idx is not None:
+            frame.update(time=t[idx], u=_interval_means(t, u, idx, t_end))
+            y_out = y[idx]
+        else:
+            frame.update(time=t, u=u)
+            y_out = y
+        frame["v" if signal == "velocity" else "x"] = y_out
+        frame["s"] = direction
+        if mechanism == "arm":
+            theta = x * scale
+            for name, g in (("cos_theta", np.cos(theta)), ("sin_theta", np.sin(theta))):
+                frame[name] = g if idx is None else _interval_means(t, g, idx, t_end)
+        out = pd.DataFrame(frame)
+        kept[label] = len(out)
+        frames.append(out)
+    data = pd.concat(frames, ignore_index=True)
+    return data, {"rows_by_segment": kept}
+
+
+def _formula(mechanism: str, signal: str) -> tuple[str, list[str]]:
+    """Formula of the relation and the names of (α, β, γ[, δ, ε]) among its terms."""
+    lhs, lag = ("d(v)", "v") if signal == "velocity" else ("d(x, 2)", "d(x)")
+    rhs = [lag, "u", "s"]
+    names = [lag, "u", "s"]
+    if mechanism == "elevator":
+        names.append("Intercept")
+        return f"{lhs} ~ {' + '.join(rhs)}", names
+    if mechanism == "arm":
+        rhs += ["cos_theta", "sin_theta"]
+        names += ["cos_theta", "sin_theta"]
+    return f"{lhs} ~ {' + '.join(rhs)} - 1", names
+
+
+#: a gain is flagged when its relative standard error exceeds this
+POOR_RELATIVE_SE = 0.25
+
+
 def _fit_derivreg(
-    log: pd.DataFrame, mechanism: str, method: str, alpha: float, **options: Any
+    log: pd.DataFrame,
+    mechanism: str,
+    method: str,
+    alpha: float,
+    *,
+    signal: str = "velocity",
+    fresh: bool = True,
+    angle_unit: str | None = None,
+    **fit_options: Any,
 ) -> Characterization:
     try:
-        from derivreg.api import fit  # noqa: F401
-    except ImportError:
+        from derivreg.api import fit
+    except ImportError:  # pragma: no cover - the fitting API ships with the package
         raise MethodNotAvailableError(
-            f"method={method!r} fits the relation with derivreg.fit, which is not available in "
-            "this version yet; use method='sysid' (the legacy SysId pipeline, with standard "
-            "errors)"
+            f"method={method!r} needs derivreg.fit, which is not available in this version; "
+            "use method='sysid'"
         ) from None
-    raise MethodNotAvailableError(
-        f"method={method!r} for mechanism characterisation is not implemented yet; use "
-        "method='sysid'"
+    data, info = prepare_fit_data(log, mechanism, signal=signal, fresh=fresh, angle_unit=angle_unit)
+    formula, names = _formula(mechanism, signal)
+    fit_method = "integral" if method == "auto" else method
+    fit_options.setdefault("input_hold", "zoh")
+    res = fit(formula, data, method=fit_method, time="time", segment="segment", **fit_options)
+    params = res.params
+    missing = [n for n in names if n not in params.index]
+    if missing:
+        raise IdentificationError(
+            f"the {fit_method} fit of {formula!r} returned no coefficient for {missing}"
+        )
+    theta = params[names].to_numpy(dtype=float)
+    cov = res.cov_params().loc[names, names].to_numpy(dtype=float)
+    gains, gcov = gains_from_coefficients(theta, cov, mechanism, alpha=alpha)
+    coefs = pd.Series(theta, index=list(_COEFS[mechanism]))
+    _warn_poor(gains, mechanism)
+    info.update(
+        {
+            "nobs": int(getattr(res, "nobs", len(data))),
+            "formula": formula,
+            "fit_method": fit_method,
+            "note": f"derivreg {fit_method} fit of {formula}"
+            + (" (auto)" if method == "auto" else "")
+            + f", SE {getattr(res, 'cov_type', '')}",
+            "data": data,
+        }
+    )
+    return Characterization(
+        gains=gains,
+        fit=res,
+        method=method if method != "auto" else f"auto ({fit_method})",
+        mechanism=mechanism,
+        coefficients=coefs,
+        cov=gcov,
+        alpha=alpha,
+        units=str(log.attrs.get("units", "")),
+        info=info,
     )
 
 
-_ = warnings  # used by the derivreg-fit methods (ExcitationWarning)
-_unused = ExcitationWarning
+def _warn_poor(gains: pd.DataFrame, mechanism: str) -> None:
+    """ExcitationWarning for gains whose interval is wide relative to the estimate."""
+    poor = []
+    for name, row in gains.iterrows():
+        if name == "offset":
+            continue
+        rel = row["se"] / abs(row["estimate"]) if row["estimate"] != 0 else np.inf
+        if not rel <= POOR_RELATIVE_SE:
+            poor.append(f"{name} (relative SE {100 * rel:.0f}%)")
+    if poor:
+        warnings.warn(
+            f"poorly determined gain(s) of the {mechanism}: {', '.join(poor)}; the tests do "
+            "not excite them enough (e.g. dynamic tests mostly at steady state for kA, "
+            "negligible friction for kS) — read their intervals, not the point estimates",
+            ExcitationWarning,
+            stacklevel=3,
+        )
