@@ -27,6 +27,9 @@ Hyperparameters ``(ℓ, s², σ_n²)`` maximise the log marginal likelihood with
 mapped to ``[0, 1]`` and the values are centred and scaled before the fit, so the optimisation is
 independent of the units of ``t`` and ``y``; results are mapped back.
 
+Dense linear algebra runs with one BLAS thread (``threadpoolctl``): on a shared machine
+multi-threaded BLAS on these matrix sizes was measured 10-100 times slower under load.
+
 The exact GP costs O(n³) time and O(n²) memory per series: above ``max_points`` samples per segment
 the fit stops with :class:`~derivreg.exceptions.DataError`; use ``"spline"`` or ``"kalman"`` (the
 state-space form of a smoothing-spline prior, O(n)) for long series.
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
@@ -44,6 +47,7 @@ import scipy.linalg as sla
 import scipy.optimize as sopt
 from numpy.polynomial import hermite_e as herm
 from numpy.polynomial import polynomial as poly
+from threadpoolctl import threadpool_limits
 
 from derivreg._typing import FloatArray
 from derivreg.exceptions import ConvergenceError, ConvergenceWarning, DataError, TooFewPointsError
@@ -64,6 +68,9 @@ _MATERN: dict[str, tuple[float, FloatArray]] = {
 
 _JITTER = 1e-10  # relative to the unit signal variance of the normalised problem
 _LOG_NOISE_MIN = math.log(1e-10)
+#: largest series for which the hyperparameter uncertainty is propagated (memory: one Cholesky
+#: factor per sigma point)
+_LAPLACE_MAX = 2000
 
 
 def _matern_poly(p0: FloatArray, m: int) -> FloatArray:
@@ -136,6 +143,10 @@ class _GPState:
     c: float  # 1ᵀ K⁻¹ 1
     lml: float  # log marginal likelihood in the caller's units of y
     n_opt: int  # samples used to fit the hyperparameters (0: all fixed)
+    #: equally weighted posteriors at sigma points of the Laplace approximation of the
+    #: hyperparameters (empty: plug-in maximum likelihood)
+    mixture: list[_GPState] = field(default_factory=list)
+    uncertainty: str = "plug-in"
 
 
 class GaussianProcess(Preprocessor):
@@ -167,6 +178,13 @@ class GaussianProcess(Preprocessor):
         The hyperparameters are fitted on at most this many samples (an even stride through
         longer segments: each likelihood evaluation is O(n³)); the posterior then conditions on
         all samples. ``info_`` records how many were used.
+    hyperparameter_uncertainty : bool
+        Propagate the uncertainty of the estimated hyperparameters into the bands: Laplace
+        approximation ``log θ ~ N(θ̂, H⁻¹)`` (H the Hessian of the negative log likelihood), the
+        posterior is averaged over its 2d sigma points (``θ̂ ± sqrt(d) H^{-1/2} e_i``, equal
+        weights; mixture mean and variance). Plug-in ML bands under-cover (≈ 0.91 instead of 0.95
+        for n = 60 to 300 in the Monte-Carlo tests); this brings them closer (≈ 0.93). Used up to
+        2000 points per segment; parameters fixed by the caller or at a search bound stay fixed.
 
     Attributes
     ----------
@@ -191,6 +209,7 @@ class GaussianProcess(Preprocessor):
         max_points: int = 5000,
         n_restarts: int = 3,
         opt_points: int = 1000,
+        hyperparameter_uncertainty: bool = True,
     ) -> None:
         self.kernel = kernel
         self.length_scale = length_scale
@@ -199,6 +218,7 @@ class GaussianProcess(Preprocessor):
         self.max_points = max_points
         self.n_restarts = n_restarts
         self.opt_points = opt_points
+        self.hyperparameter_uncertainty = hyperparameter_uncertainty
 
     def min_points(self) -> int:
         return 5
@@ -217,6 +237,8 @@ class GaussianProcess(Preprocessor):
             raise DataError(f"max_points must be at least {self.min_points()}")
         if int(self.n_restarts) < 1:
             raise DataError("n_restarts must be at least 1")
+        if not isinstance(self.hyperparameter_uncertainty, (bool, np.bool_)):
+            raise DataError("hyperparameter_uncertainty must be True or False")
         if int(self.opt_points) < self.min_points():
             raise DataError(f"opt_points must be at least {self.min_points()}")
 
@@ -236,7 +258,8 @@ class GaussianProcess(Preprocessor):
     def fit(self, data: Any, **kwargs: Any) -> Self:
         """Fit the GP to every column and segment (see :meth:`Preprocessor.fit`)."""
         self._validate()
-        super().fit(data, **kwargs)
+        with threadpool_limits(limits=1):
+            super().fit(data, **kwargs)
         series = []
         for (j, i), st in self.states_.items():
             series.append(
@@ -249,6 +272,7 @@ class GaussianProcess(Preprocessor):
                     "log_marginal_likelihood": st.lml,
                     "n": int(st.x.size),
                     "n_hyperparameter_fit": st.n_opt,
+                    "hyperparameter_uncertainty": st.uncertainty,
                 }
             )
         info: dict[str, Any] = {"kernel": self.kernel, "series": series}
@@ -385,6 +409,24 @@ class GaussianProcess(Preprocessor):
             par.update({nm: math.exp(v) for nm, v in zip(free, theta, strict=True)})
         else:
             par = fixed
+        state = self._condition(t0, span, y_mean, y_scale, x, z, par, n_opt)
+        if free and self.hyperparameter_uncertainty and n <= _LAPLACE_MAX:
+            self._laplace_mixture(state, z, free, par)
+        return state
+
+    def _condition(
+        self,
+        t0: float,
+        span: float,
+        y_mean: float,
+        y_scale: float,
+        x: FloatArray,
+        z: FloatArray,
+        par: dict[str, float],
+        n_opt: int,
+    ) -> _GPState:
+        """Condition the GP with hyperparameters ``par`` (normalised units) on ``(x, z)``."""
+        n = x.size
         ell, s2, noise = par["ell"], par["s2"], par["noise"]
         cf = self._cholesky(self._gram(x, ell, s2, noise))
         sol = sla.cho_solve(cf, np.column_stack([z, np.ones(n)]), check_finite=False)
@@ -404,6 +446,52 @@ class GaussianProcess(Preprocessor):
             t0, span, y_mean, y_scale, x, ell, s2, noise, cf, alpha, mu, kinv1, c, float(lml), n_opt
         )
 
+    def _laplace_mixture(
+        self, state: _GPState, z: FloatArray, free: list[str], par: dict[str, float]
+    ) -> None:
+        """Attach the sigma-point posteriors of the Laplace approximation to ``state``."""
+        bounds = self._bounds(float(np.median(np.diff(state.x))))
+        inner = [
+            nm for nm in free if bounds[nm][0] + 1e-3 < math.log(par[nm]) < bounds[nm][1] - 1e-3
+        ]
+        if not inner:
+            state.uncertainty = "plug-in (estimates at search bounds)"
+            return
+        fixed = {nm: v for nm, v in par.items() if nm not in inner}
+        theta = np.array([math.log(par[nm]) for nm in inner])
+        absr = np.abs(state.x[:, None] - state.x[None, :])
+        d, h = theta.size, 1e-4
+        hess = np.empty((d, d))
+        for j in range(d):
+            e = np.zeros(d)
+            e[j] = h
+            gp_ = self._neg_lml(theta + e, inner, fixed, absr, z)[1]
+            gm_ = self._neg_lml(theta - e, inner, fixed, absr, z)[1]
+            hess[:, j] = (gp_ - gm_) / (2 * h)
+        del absr
+        hess = 0.5 * (hess + hess.T)
+        try:
+            root = np.linalg.cholesky(np.linalg.inv(hess))
+        except np.linalg.LinAlgError:
+            state.uncertainty = "plug-in (likelihood Hessian not positive definite)"
+            return
+        comps = []
+        for j in range(d):
+            for sgn in (1.0, -1.0):
+                th = theta + sgn * math.sqrt(d) * root[:, j]
+                p = dict(fixed)
+                p.update({nm: math.exp(v) for nm, v in zip(inner, th, strict=True)})
+                comps.append(
+                    self._condition(
+                        state.t0, state.span, state.y_mean, state.y_scale, state.x, z, p, 0
+                    )
+                )
+        state.mixture = comps
+        sd = np.sqrt(np.diag(root @ root.T))
+        state.uncertainty = "laplace, SD of " + ", ".join(
+            f"log {nm}: {v:.2g}" for nm, v in zip(inner, sd, strict=True)
+        )
+
     @staticmethod
     def _cholesky(k: FloatArray) -> tuple[FloatArray, bool]:
         jitter = 0.0
@@ -416,6 +504,15 @@ class GaussianProcess(Preprocessor):
                 jitter = 1e-10 if jitter == 0 else jitter * 100
         raise ConvergenceError("the GP covariance matrix is not positive definite")
 
+    @staticmethod
+    def _bounds(h: float) -> dict[str, tuple[float, float]]:
+        """Search bounds of the log-hyperparameters (normalised units; ``h`` median step)."""
+        return {
+            "ell": (math.log(max(h / 4, 1e-6)), math.log(10.0)),
+            "s2": (math.log(1e-6), math.log(1e4)),
+            "noise": (_LOG_NOISE_MIN, math.log(10.0)),
+        }
+
     def _optimise(
         self, free: list[str], fixed: dict[str, float], absr: FloatArray, z: FloatArray, h: float
     ) -> FloatArray:
@@ -423,11 +520,7 @@ class GaussianProcess(Preprocessor):
 
         ``h`` is the median sampling step of the (normalised) times behind ``absr``.
         """
-        bounds_all = {
-            "ell": (math.log(max(h / 4, 1e-6)), math.log(10.0)),
-            "s2": (math.log(1e-6), math.log(1e4)),
-            "noise": (_LOG_NOISE_MIN, math.log(10.0)),
-        }
+        bounds_all = self._bounds(h)
         nr = int(self.n_restarts)
         lo, hi = math.log(max(5 * h, 0.01)), math.log(0.5)
         ell_starts = np.exp(np.linspace(hi, lo, nr)) if nr > 1 else np.array([0.1])
@@ -474,6 +567,16 @@ class GaussianProcess(Preprocessor):
         return theta
 
     # ------------------------------------------------------------------ prediction
+    def derivative_arrays(self, order: int = 1) -> tuple[FloatArray, FloatArray | None]:
+        """Estimate and SE arrays on the kept rows (see :class:`Preprocessor`)."""
+        with threadpool_limits(limits=1):
+            return super().derivative_arrays(order)
+
+    def derivative_cov(self, order: int = 1, column: int = 0, segment: int = 0) -> FloatArray:
+        """Posterior covariance matrix of the ``order``-th derivative on one series."""
+        with threadpool_limits(limits=1):
+            return super().derivative_cov(order, column, segment)
+
     def _cross(self, state: _GPState, t: FloatArray, order: int) -> tuple[FloatArray, FloatArray]:
         """Normalised prediction points and ``G = ∂ᵖ_a k(a, X)`` (normalised units)."""
         xa = (np.asarray(t, dtype=float) - state.t0) / state.span
@@ -490,30 +593,57 @@ class GaussianProcess(Preprocessor):
         """``R_a = h_a - 1ᵀK⁻¹ ∂ᵖ_b k(X, a)``: how the unknown mean enters the estimate at ``a``."""
         return (1.0 if order == 0 else 0.0) - g @ state.kinv1
 
+    def _moments(
+        self, state: _GPState, t: FloatArray, order: int, full: bool
+    ) -> tuple[FloatArray, FloatArray]:
+        """Posterior mean and variance (``full``: covariance) of ``f⁽ᵖ⁾`` in normalised units."""
+        xa, g = self._cross(state, t, order)
+        mean = g @ state.alpha
+        v = sla.solve_triangular(state.chol[0], g.T, lower=True, check_finite=False)
+        rm = self._mean_term(state, g, order)
+        if full:
+            prior = (-1.0) ** order * kernel_derivative(
+                self.kernel, xa[:, None] - xa[None, :], 2 * order, state.ell, state.s2
+            )
+            cov = prior - v.T @ v + np.outer(rm, rm) / state.c
+            return mean, 0.5 * (cov + cov.T)
+        prior0 = (-1.0) ** order * kernel_derivative(self.kernel, np.zeros(1), 2 * order, state.ell)
+        var = state.s2 * prior0[0] - np.einsum("ij,ij->j", v, v) + rm * rm / state.c
+        return mean, var
+
+    def _mixture_moments(
+        self, state: _GPState, t: FloatArray, order: int, full: bool
+    ) -> tuple[FloatArray, FloatArray]:
+        """Moments of the equally weighted mixture over the sigma points (or the plug-in fit).
+
+        Mean ``m̄ = mean_i m_i``; covariance ``mean_i C_i + mean_i (m_i - m̄)(m_i - m̄)ᵀ``.
+        """
+        comps = state.mixture or [state]
+        moments = [self._moments(comp, t, order, full) for comp in comps]
+        means = np.array(
+            [
+                m + (comp.mu if order == 0 else 0.0)
+                for (m, _), comp in zip(moments, comps, strict=True)
+            ]
+        )
+        mean = means.mean(axis=0)
+        dev = means - mean
+        within = np.mean([v for _, v in moments], axis=0)
+        between = dev.T @ dev / len(comps) if full else np.mean(dev * dev, axis=0)
+        return mean, within + between
+
     def _derivative_1d(
         self, state: _GPState, t: FloatArray, order: int
     ) -> tuple[FloatArray, FloatArray]:
-        _, g = self._cross(state, t, order)
-        mean = g @ state.alpha
-        v = sla.solve_triangular(state.chol[0], g.T, lower=True, check_finite=False)
-        prior = (-1.0) ** order * kernel_derivative(self.kernel, np.zeros(1), 2 * order, state.ell)
-        rm = self._mean_term(state, g, order)
-        var = state.s2 * prior[0] - np.einsum("ij,ij->j", v, v) + rm * rm / state.c
-        se = np.sqrt(np.clip(var, 0.0, None))
+        mean, var = self._mixture_moments(state, t, order, full=False)
         u = self._unit(state, order)
         est = mean * u
         if order == 0:
-            est = est + state.y_mean + state.mu * state.y_scale
-        return est, se * u
+            est = est + state.y_mean
+        return est, np.sqrt(np.clip(var, 0.0, None)) * u
 
     def _derivative_cov_1d(self, state: _GPState, t: FloatArray, order: int) -> FloatArray:
         """Full posterior covariance of ``f⁽ᵖ⁾`` at the times ``t`` (caller's units)."""
-        xa, g = self._cross(state, t, order)
-        v = sla.solve_triangular(state.chol[0], g.T, lower=True, check_finite=False)
-        prior = (-1.0) ** order * kernel_derivative(
-            self.kernel, xa[:, None] - xa[None, :], 2 * order, state.ell, state.s2
-        )
-        rm = self._mean_term(state, g, order)
-        cov = prior - v.T @ v + np.outer(rm, rm) / state.c
+        _, cov = self._mixture_moments(state, t, order, full=True)
         cov = 0.5 * (cov + cov.T)
         return cov * self._unit(state, order) ** 2
