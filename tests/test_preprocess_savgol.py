@@ -12,7 +12,12 @@ from scipy.signal import savgol_filter
 import derivreg as dr
 from derivreg.exceptions import DataError, TooFewPointsError
 from derivreg.preprocess.differencing import noise_variance
-from derivreg.preprocess.savgol import SavitzkyGolay, local_polynomial_weights
+from derivreg.preprocess.savgol import (
+    SavitzkyGolay,
+    _candidate_windows,
+    _local_moments,
+    local_polynomial_weights,
+)
 
 
 def signal(t):
@@ -91,25 +96,42 @@ def test_loo_formula_equals_explicit_refit_irregular(rng):
         assert abs((y[k] - coef[-1]) - loo[k]) < 1e-9
 
 
+@pytest.mark.parametrize(("selection", "tol"), [("plugin", 1.4), ("loocv", 2.5)])
 @pytest.mark.parametrize("regular", [True, False])
-def test_cv_window_near_the_oracle(regular, rng):
+def test_selected_window_near_the_oracle(selection, tol, regular):
+    # oracle: the candidate window with the smallest RMSE of x' against the truth
     n = 400
-    t = np.linspace(0, 10, n)
-    if not regular:
-        t = np.sort(rng.uniform(0, 10, n))
-    x, dx = signal(t)
-    y = x + 0.05 * rng.normal(size=n)
+    ratios = []
+    for seed in (1, 2):
+        rng = np.random.default_rng(seed)
+        t = np.linspace(0, 10, n) if regular else np.sort(rng.uniform(0, 10, n))
+        x, dx = signal(t)
+        y = x + 0.05 * rng.normal(size=n)
+        est = SavitzkyGolay(selection=selection).fit(y, time=t)
+        chosen = est.info_["window"]
+        rmse = {
+            m: np.sqrt(np.mean((SavitzkyGolay(window=m).fit(y, time=t).derivative(1) - dx) ** 2))
+            for m in _candidate_windows(n, 3, 501)
+        }
+        oracle = min(rmse, key=rmse.get)
+        ratios.append(rmse[chosen] / rmse[oracle])
+        assert est.info_["window_selection"] == selection
+        assert est.info_["windows"][1]["x0"] == [chosen]
+    # measured over 40 draws: plugin median 1.00 / max 1.33; loocv median 1.12 / max 1.73
+    assert max(ratios) <= tol, ratios
+
+
+def test_plugin_tunes_each_order_and_records_it(rng):
+    t = np.linspace(0, 10, 300)
+    x, _ = signal(t)
+    y = x + 0.05 * rng.normal(size=300)
     est = SavitzkyGolay().fit(y, time=t)
-    chosen = est.info_["window"]
-    cands = est.info_["cv_scores"]["x0"][0]["windows"]
-    rmse = {
-        m: np.sqrt(np.mean((SavitzkyGolay(window=m).fit(y, time=t).derivative(1) - dx) ** 2))
-        for m in cands
-    }
-    oracle = min(rmse, key=rmse.get)
-    assert rmse[chosen] <= 1.6 * rmse[oracle], (chosen, oracle, rmse[chosen], rmse[oracle])
-    assert 0.5 <= chosen / oracle <= 2.0
-    assert est.info_["window_selection"] == "loo-cv"
+    assert list(est.info_["windows"]) == [1]
+    out = est.derivative(3)
+    w3 = est.info_["windows"][3]["x0"][0]
+    assert out.shape == (300,) and list(est.info_["windows"]) == [1, 3]
+    fixed = SavitzkyGolay(window=w3).fit(y, time=t).derivative(3)
+    np.testing.assert_allclose(out, fixed)
 
 
 def test_covariance_is_r_w_wt_and_matches_monte_carlo(rng):
@@ -135,7 +157,7 @@ def test_segments_are_fitted_separately(rng):
     df = pd.DataFrame({"t": np.r_[t1, t2], "x": np.r_[y1, y2], "g": ["a"] * 60 + ["b"] * 45})
     est = SavitzkyGolay().fit(df, time="t", segment="g")
     d = est.derivative(1)["d(x)"].to_numpy()
-    w1 = est.info_["windows"]["x"][0]
+    w1 = est.info_["windows"][1]["x"][0]
     alone = SavitzkyGolay(window=w1).fit(y1, time=t1).derivative(1)
     np.testing.assert_allclose(d[:60], alone, atol=1e-12)
     # the cubic segment is reproduced exactly whatever window was chosen
@@ -152,7 +174,7 @@ def test_pandas_series_and_registry():
     np.testing.assert_allclose(out.iloc[5:-5], truth[5:-5], atol=5e-5)
     np.testing.assert_allclose(out, truth, atol=2e-3)  # shifted (one-sided) windows at the edges
     auto = dr.derivative(s, method="savgol")
-    assert auto.attrs["info"]["window_selection"] == "loo-cv"
+    assert auto.attrs["info"]["window_selection"] == "plugin"
 
 
 def test_bad_inputs():
@@ -167,3 +189,11 @@ def test_bad_inputs():
         SavitzkyGolay().fit(np.sin(t[:4]), time=t[:4])
     with pytest.raises(DataError, match="polyorder"):
         SavitzkyGolay(window=5, polyorder=2).fit(np.sin(t), time=t).derivative(3)
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_regular_fast_path_of_bias_variance_moments_matches_generic(order):
+    t = np.linspace(0, 3, 60)
+    fast = _local_moments(t, 13, 3, order, regular=True)
+    slow = _local_moments(t, 13, 3, order, regular=False)
+    np.testing.assert_allclose(fast, slow, rtol=1e-7, atol=1e-10 * np.abs(slow).max())
