@@ -1,0 +1,313 @@
+"""Penalised (smoothing) spline derivatives with automatic smoothing and Bayesian standard errors.
+
+Model
+-----
+For samples ``y_k`` at times ``t_k`` the estimate ``f`` minimises
+
+    sum_k (y_k - f(t_k))^2 + lam * integral f^(m)(t)^2 dt,
+
+the natural smoothing spline of penalty order ``m`` (piecewise polynomial of degree ``2m - 1``
+with ``2m - 2`` continuous derivatives). Its Bayesian interpretation (Wahba 1978) is the posterior
+mean of ``f`` under an ``m``-fold integrated white-noise prior with intensity ``q`` and measurement
+noise variance ``r`` (``lam = r / q``, diffuse polynomial part); the posterior covariance gives
+pointwise standard errors of ``f, f', ..., f^(m-1)``. ``lam`` is chosen by REML (the diffuse
+marginal likelihood) or by generalised cross-validation,
+``GCV(lam) = n RSS / (n - trace A(lam))^2``.
+
+Numerics (:mod:`derivreg.preprocess._banded`): the state-space form with banded matrices, one
+banded Cholesky per ``lam`` and an O(n) selected-inverse recursion for the trace and the
+posterior variances; time is normalised to unit mean spacing internally, so the answer does not
+depend on the time unit or offset. Derivatives are those of the fitted piecewise polynomial (never
+a refit on a derivative basis). For very smooth fits the states live on a subset of the samples
+(knots spaced well below the smoothing scale) which keeps the system well conditioned and gives
+the same fit to ~1e-7 relative.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.polynomial import Polynomial
+from scipy.linalg import cho_solve_banded
+
+from derivreg._typing import FloatArray
+from derivreg.exceptions import DataError, MethodNotAvailableError, TooFewPointsError
+from derivreg.preprocess._banded import CRITERIA, Selection, SmoothingSearch, hermite_columns
+from derivreg.preprocess.base import Preprocessor
+
+__all__ = ["IRWState", "SmoothingSpline", "fit_irw", "irw_derivative"]
+
+#: largest number of points for which the full covariance of a derivative estimate is formed
+_MAX_COV_POINTS = 20_000
+
+
+@dataclass
+class IRWState:
+    """Fitted state of one (column, segment) series."""
+
+    t0: float
+    h: float  # mean spacing: tau = (t - t0) / h
+    trend: Polynomial  # y = trend(tau) + scale * (standardised residual series)
+    scale: float
+    tau: FloatArray
+    z: FloatArray  # standardised detrended data (0 where missing)
+    w: FloatArray  # 1 observed, 0 missing
+    criterion: str
+    lam_t: float | None  # fixed lam in caller units, or None
+    r_fixed: float | None  # fixed noise variance in caller units, or None
+    q_fixed: float | None
+    selections: dict[int, Selection] = field(default_factory=dict)
+    blocks: dict[int, FloatArray] = field(default_factory=dict)
+
+
+def _detrend(
+    tau: FloatArray, y: FloatArray, w: FloatArray, m: int
+) -> tuple[Polynomial, float, FloatArray]:
+    """Least-squares polynomial of degree ``m - 1`` and scale of the rest.
+
+    The spline reproduces such polynomials exactly, so removing one first changes nothing in
+    exact arithmetic and keeps the banded system away from its (null-space) ill-conditioning.
+    """
+    obs = w > 0
+    deg = min(m - 1, int(obs.sum()) - 1)
+    poly = Polynomial.fit(tau[obs], y[obs], deg)
+    resid = np.where(obs, y - poly(tau), 0.0)
+    scale = float(np.sqrt(np.mean(resid[obs] ** 2)))
+    if not np.isfinite(scale) or scale == 0.0:
+        scale = 1.0
+    return poly, scale, resid / scale
+
+
+def fit_irw(
+    t: FloatArray,
+    y: FloatArray,
+    m: int,
+    *,
+    criterion: str = "reml",
+    lam: float | None = None,
+    r: float | None = None,
+    q: float | None = None,
+) -> IRWState:
+    """Fit the order-``m`` smoothing spline / IRW smoother to one series.
+
+    Parameters
+    ----------
+    t, y : ndarray
+        Strictly increasing times and values (NaN = missing).
+    m : int
+        Penalty order.
+    criterion : {"reml", "gcv"}
+        How ``lam`` is chosen when it is not fixed.
+    lam : float, optional
+        Fixed ``lam`` in the caller's time units (``integral f^(m)(t)^2 dt``).
+    r, q : float, optional
+        Fixed measurement-noise variance and/or random-walk intensity (caller units); ``lam``
+        is then estimated by maximum likelihood with the other parameter(s) profiled out.
+    """
+    w = np.isfinite(y).astype(float)
+    n_obs = int(w.sum())
+    if n_obs < m + 2:
+        raise TooFewPointsError(
+            f"the penalty-order-{m} spline needs at least {m + 2} observed points, got {n_obs}"
+        )
+    t0 = float(t[0])
+    h = float((t[-1] - t[0]) / (len(t) - 1))
+    tau = (t - t0) / h
+    poly, scale, z = _detrend(tau, np.where(w > 0, y, 0.0), w, m)
+    state = IRWState(t0, h, poly, scale, tau, z, w, criterion, lam, r, q)
+    selection_for(state, m)
+    return state
+
+
+def selection_for(state: IRWState, m: int) -> Selection:
+    """The fitted order-``m`` problem of a state (fitted on first use, then cached)."""
+    if m in state.selections:
+        return state.selections[m]
+    if int(state.w.sum()) < m + 2:
+        raise TooFewPointsError(
+            f"the penalty-order-{m} spline needs at least {m + 2} observed points"
+        )
+    search = SmoothingSearch(state.tau, state.z, state.w, m)
+    unit = state.h ** (2 * m - 1)  # lam_tau = lam_t / h^(2m-1); q_tau = q_t * h^(2m-1)
+    s2 = state.scale**2
+    r = None if state.r_fixed is None else state.r_fixed / s2
+    q = None if state.q_fixed is None else state.q_fixed * unit / s2
+    if state.lam_t is not None:
+        sel = search.fixed(state.lam_t / unit, state.criterion, r)
+    elif r is not None and q is not None:
+        sel = search.fixed(r / q, "reml", r)
+    elif r is not None or q is not None:
+        sel = search.search("reml", r=r, q=q)
+    else:
+        sel = search.search(state.criterion)
+    state.selections[m] = sel
+    return sel
+
+
+def irw_derivative(
+    state: IRWState, order: int, m: int, want_se: bool = True
+) -> tuple[FloatArray, FloatArray | None]:
+    """Estimate and posterior SE of the ``order``-th derivative at the fitted times.
+
+    For ``order < m`` the SE is the posterior SD of ``f^(order)`` (a state component). For
+    ``m <= order <= 2m - 2`` (the spline's derivative is still continuous) it is the posterior
+    SD of the same linear functional of the knot states that gives the estimate (the
+    derivative of the degree ``2m - 1`` interpolant of the states): exact for that functional,
+    approximate for the true derivative, which the prior's sample paths do not have.
+    """
+    sel = selection_for(state, m)
+    prob = sel.problem
+    unit = state.scale / state.h**order
+    est = prob.at_data(sel.fit.mean, order) * unit
+    est += state.trend.deriv(order)(state.tau) / state.h**order
+    if not want_se:
+        return est, None
+    if m not in state.blocks:
+        state.blocks[m] = prob.selected_inverse(sel.fit, full=True)
+    var = sel.r * prob.var_at_data(state.blocks[m], order)
+    return est, np.sqrt(np.maximum(var, 0.0)) * unit
+
+
+def irw_derivative_cov(state: IRWState, order: int, m: int) -> FloatArray:
+    """Full posterior covariance of the ``order``-th derivative at the fitted times (small n)."""
+    sel = selection_for(state, m)
+    prob = sel.problem
+    n = prob.n
+    if n > _MAX_COV_POINTS:
+        raise MethodNotAvailableError(
+            f"the full covariance is formed for at most {_MAX_COV_POINTS} points, got {n}"
+        )
+    g = np.zeros((n, prob.n_knots * m))
+    rows = np.arange(n)
+    if prob.all_knots and order < m:
+        g[rows, rows * m + order] = 1.0
+    else:
+        j = prob.interval
+        cols = hermite_columns(prob.delta[j], prob.rel, m, order)
+        for c in range(2 * m):
+            g[rows, j * m + c] = cols[c]
+    x = cho_solve_banded((sel.fit.chol, False), g.T, check_finite=False)
+    unit = state.scale / state.h**order
+    return sel.r * (g @ x) * unit**2
+
+
+def irw_info(state: IRWState, m: int) -> dict[str, Any]:
+    """What was chosen for one series, in the caller's units."""
+    sel = state.selections[m]
+    unit = state.h ** (2 * m - 1)
+    lam_t = sel.lam * unit
+    r_t = sel.r * state.scale**2
+    out: dict[str, Any] = {
+        "penalty_order": m,
+        "lam": lam_t,
+        "criterion": sel.criterion if state.lam_t is None else "fixed",
+        "noise_sd": math.sqrt(r_t) if math.isfinite(r_t) else float("nan"),
+        "q": r_t / lam_t,
+        "knot_step": sel.problem.step,
+        "n_eval": sel.n_eval,
+    }
+    if sel.at_bound is not None:
+        out["at_bound"] = sel.at_bound
+    return out
+
+
+class SmoothingSpline(Preprocessor):
+    """Smoothing spline derivative with REML/GCV smoothing and Bayesian pointwise SEs.
+
+    Minimises ``sum_k (y_k - f(t_k))^2 + lam * integral f^(m)(t)^2 dt`` (see the module
+    docstring); derivatives are those of the fitted spline.
+
+    Parameters
+    ----------
+    lam : float, optional
+        Smoothing parameter in the data's time units; default chosen by ``criterion``.
+    criterion : {"reml", "gcv"}
+        REML (diffuse marginal likelihood of the Bayesian model) or generalised cross-validation.
+    penalty_order : int
+        ``m``: 2 = cubic, 3 = quintic (default), 4 = septic spline. The spline has ``2m - 2``
+        continuous derivatives, so orders up to ``2m - 2`` are available (the cubic spline gives
+        orders 0-2, the quintic 0-4). SEs: posterior SDs of ``f^(k)`` for ``k < m``; for higher
+        orders the posterior SD of the spline-derivative functional (see :func:`irw_derivative`).
+    """
+
+    name: ClassVar[str] = "spline"
+    provides_se: ClassVar[bool] = True
+    max_order: ClassVar[int] = 3
+
+    def __init__(
+        self,
+        lam: float | None = None,
+        criterion: str = "reml",
+        penalty_order: int = 3,
+    ) -> None:
+        self.lam = lam
+        self.criterion = criterion
+        self.penalty_order = penalty_order
+
+    def _check_params(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise DataError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        m = self.penalty_order
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 2 <= m <= 4:
+            raise DataError(f"penalty_order must be an integer 2..4, got {m!r}")
+        if self.lam is not None and (
+            isinstance(self.lam, bool)
+            or not isinstance(self.lam, (int, float, np.integer, np.floating))
+            or not math.isfinite(self.lam)
+            or self.lam <= 0
+        ):
+            raise DataError(f"lam must be a positive finite number or None, got {self.lam!r}")
+
+    def _m_for(self, order: int) -> int:
+        m = int(self.penalty_order)
+        if order > 2 * m - 2:
+            raise MethodNotAvailableError(
+                f"a penalty-order-{m} spline has only {2 * m - 2} continuous derivatives; "
+                f"use penalty_order >= {(order + 3) // 2} for derivative order {order}"
+            )
+        return m
+
+    def min_points(self) -> int:
+        self._check_params()
+        return int(self.penalty_order) + 2
+
+    def fit(self, data: Any, **kwargs: Any) -> SmoothingSpline:  # type: ignore[override]
+        self._check_params()
+        super().fit(data, **kwargs)
+        self._update_info(self._m_for(1))
+        return self
+
+    def _update_info(self, m: int) -> None:
+        per = {}
+        for (j, i), st in self.states_.items():
+            if m in st.selections:
+                key = self.data_.columns[j]
+                label = self.data_.segment_labels[i]
+                if label is not None:
+                    key = f"{key}[{label}]"
+                per[key] = irw_info(st, m)
+        info = dict(getattr(self, "info_", {}) or {})
+        info["method"] = self.name
+        info[f"m{m}"] = per
+        if len(per) == 1:
+            info.update(next(iter(per.values())))
+        self.info_ = info
+
+    def _fit_1d(self, t: FloatArray, y: FloatArray) -> IRWState:
+        return fit_irw(t, y, self._m_for(1), criterion=self.criterion, lam=self.lam)
+
+    def _derivative_1d(
+        self, state: IRWState, t: FloatArray, order: int
+    ) -> tuple[FloatArray, FloatArray | None]:
+        m = self._m_for(order)
+        fresh = m not in state.selections
+        out = irw_derivative(state, order, m)
+        if fresh:
+            self._update_info(m)
+        return out
+
+    def _derivative_cov_1d(self, state: IRWState, t: FloatArray, order: int) -> FloatArray:
+        return irw_derivative_cov(state, order, self._m_for(order))

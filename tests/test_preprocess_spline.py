@@ -1,0 +1,255 @@
+"""SmoothingSpline: exact polynomials, scipy cross-check, tuning, coverage, scale, pandas."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.interpolate import make_smoothing_spline
+
+import derivreg.preprocess as pp
+from derivreg.exceptions import (
+    DataError,
+    DerivregError,
+    MethodNotAvailableError,
+    NonFiniteError,
+    TooFewPointsError,
+)
+from derivreg.preprocess._banded import IRWProblem, SmoothingSearch
+from derivreg.preprocess.spline import SmoothingSpline, fit_irw, irw_derivative
+
+
+def _sine(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.sin(2 * np.pi * t) + 0.5 * t, 2 * np.pi * np.cos(2 * np.pi * t) + 0.5
+
+
+def test_registered_and_flags() -> None:
+    est = pp.get_preprocessor("spline")
+    assert isinstance(est, SmoothingSpline)
+    assert est.provides_se and est.name == "spline"
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_reproduces_polynomials_of_degree_below_m(m: int) -> None:
+    # the penalty vanishes on polynomials of degree < m: exact for any lam, irregular t
+    rng = np.random.default_rng(1)
+    t = np.cumsum(rng.uniform(0.05, 0.15, 60))
+    coef = [1.5, -2.0, 0.7][:m]
+    y = sum(c * t**k for k, c in enumerate(coef))
+    dy = sum(k * c * t ** (k - 1) for k, c in enumerate(coef) if k >= 1)
+    est = SmoothingSpline(lam=3.0, penalty_order=m).fit(y, time=t)
+    np.testing.assert_allclose(est.derivative(0), y, atol=1e-9 * np.abs(y).max())
+    np.testing.assert_allclose(est.derivative(1), dy, atol=1e-8 * np.abs(dy).max())
+
+
+@pytest.mark.parametrize("irregular", [False, True])
+def test_matches_scipy_make_smoothing_spline_at_same_lambda(irregular: bool) -> None:
+    rng = np.random.default_rng(2)
+    n = 300
+    t = np.cumsum(rng.uniform(0.5, 1.5, n)) * 0.01 if irregular else np.arange(n) * 0.01
+    y = np.sin(3 * t) + 0.1 * rng.standard_normal(n)
+    lam = 1e-5
+    ref = make_smoothing_spline(t, y, lam=lam)
+    est = SmoothingSpline(lam=lam, penalty_order=2).fit(y, time=t)
+    assert est.info_["knot_step"] in (0.0, 1)  # every sample is a knot: the exact spline
+    scale = np.abs(y).max()
+    np.testing.assert_allclose(est.derivative(0), ref(t), atol=1e-6 * scale)
+    d1 = ref.derivative()(t)
+    np.testing.assert_allclose(est.derivative(1), d1, atol=1e-6 * np.abs(d1).max())
+    d2 = ref.derivative(2)(t)
+    np.testing.assert_allclose(est.derivative(2), d2, atol=1e-5 * np.abs(d2).max())
+
+
+def test_selected_inverse_matches_dense_inverse() -> None:
+    rng = np.random.default_rng(3)
+    n, m, lam = 40, 3, 7.0
+    tau = np.cumsum(rng.uniform(0.6, 1.4, n))
+    y = np.sin(tau / 5) + 0.1 * rng.standard_normal(n)
+    prob = IRWProblem(tau, y, np.ones(n), m)
+    fit = prob.factor(lam)
+    big = lam * prob.a_band + prob.zw_band
+    u, size = prob.u, n * m
+    dense = np.zeros((size, size))
+    for d in range(u + 1):
+        for j in range(u - d, size):
+            dense[j - (u - d), j] = dense[j, j - (u - d)] = big[d, j]
+    inv = np.linalg.inv(dense)
+    blocks = prob.selected_inverse(fit, full=True)
+    for k in range(n - 1):
+        np.testing.assert_allclose(
+            blocks[k], inv[k * m : (k + 2) * m, k * m : (k + 2) * m], rtol=1e-8, atol=1e-12
+        )
+    assert prob.trace_hat(fit) == pytest.approx(np.trace(inv[::m, ::m]), rel=1e-9)
+    assert fit.logdet == pytest.approx(np.linalg.slogdet(dense)[1], rel=1e-10)
+
+
+def test_noise_free_sine_is_accurate() -> None:
+    t = np.linspace(0, 2, 400)
+    x, dx = _sine(t)
+    d = pp.derivative(pd.Series(x, index=t), method="spline")
+    assert np.max(np.abs(d.to_numpy() - dx)) < 1e-3 * np.abs(dx).max()
+
+
+@pytest.mark.parametrize("criterion", ["reml", "gcv"])
+def test_tuned_smoothing_is_near_the_oracle(criterion: str, rng: np.random.Generator) -> None:
+    t = np.linspace(0, 2, 400)
+    x, dx = _sine(t)
+    ratios = []
+    for _ in range(3):
+        y = x + 0.1 * rng.standard_normal(len(t))
+        est = SmoothingSpline(criterion=criterion).fit(y, time=t)
+        rmse = np.sqrt(np.mean((est.derivative(1) - dx) ** 2))
+        # oracle: the same quintic spline with lam chosen on the true derivative
+        search = SmoothingSearch((t - t[0]) / (t[1] - t[0]), y, np.ones(len(t)), 3)
+        best = np.inf
+        for lb in np.arange(0.0, 2.0, 0.05):
+            _, prob, fit, _ = search.evaluate(float(lb), "reml")
+            d = prob.at_data(fit.mean, 1) / (t[1] - t[0])
+            best = min(best, np.sqrt(np.mean((d - dx) ** 2)))
+        ratios.append(rmse / best)
+    assert np.mean(ratios) < 1.35
+
+
+def _coverage(reps: int, n: int, seed: int) -> tuple[float, float]:
+    t = np.linspace(0, 1, n)
+    x, dx = _sine(t)
+    inner = slice(n // 10, n - n // 10)
+    cov0, cov1 = [], []
+    for r in range(reps):
+        y = x + 0.2 * np.random.default_rng(seed + r).standard_normal(n)
+        st_ = fit_irw(t, y, 3)
+        e0, s0 = irw_derivative(st_, 0, 3)
+        e1, s1 = irw_derivative(st_, 1, 3)
+        cov0.append(np.mean(np.abs(e0 - x)[inner] < 1.96 * s0[inner]))
+        cov1.append(np.mean(np.abs(e1 - dx)[inner] < 1.96 * s1[inner]))
+    return float(np.mean(cov0)), float(np.mean(cov1))
+
+
+def test_pointwise_band_coverage_quick() -> None:
+    c0, c1 = _coverage(25, 200, 100)
+    # Bayesian (Wahba) bands: close to nominal for f, conservative for f' (measured ~0.99)
+    assert 0.92 <= c0 <= 0.995
+    assert 0.92 <= c1 <= 1.0
+
+
+@pytest.mark.slow
+def test_pointwise_band_coverage_long() -> None:
+    c0, c1 = _coverage(300, 300, 1000)
+    assert 0.93 <= c0 <= 0.985
+    assert 0.93 <= c1 <= 1.0
+
+
+@pytest.mark.parametrize("unit, offset", [(1e-3, 0.0), (1e9, 1e9), (1.0, 5e3)])
+def test_scale_free_in_time(unit: float, offset: float, rng: np.random.Generator) -> None:
+    n = 300
+    t = np.cumsum(rng.uniform(0.5, 1.5, n)) / 100.0
+    y = np.sin(4 * t) + 0.05 * rng.standard_normal(n)
+    # fixed lam (lam scales as unit^(2m-1)): the same fit to rounding
+    lam = 1e-9
+    base = SmoothingSpline(lam=lam).fit(y, time=t)
+    other = SmoothingSpline(lam=lam * unit**5).fit(y, time=t * unit + offset)
+    for order in (0, 1, 2):
+        b = base.derivative(order)
+        o = other.derivative(order) * unit**order
+        np.testing.assert_allclose(o, b, atol=1e-7 * np.abs(b).max())
+    _, se_b = base.derivative(1, return_se=True)
+    _, se_o = other.derivative(1, return_se=True)
+    np.testing.assert_allclose(se_o * unit, se_b, rtol=1e-6)
+    # REML-chosen lam: the same to the optimiser's resolution
+    base = SmoothingSpline().fit(y, time=t)
+    other = SmoothingSpline().fit(y, time=t * unit + offset)
+    assert other.info_["lam"] / unit**5 == pytest.approx(base.info_["lam"], rel=0.02)
+    b, o = base.derivative(1), other.derivative(1) * unit
+    np.testing.assert_allclose(o, b, atol=1e-3 * np.abs(b).max())
+
+
+def test_hundred_thousand_points_run_and_are_accurate(rng: np.random.Generator) -> None:
+    n = 100_000
+    t = np.linspace(0, 10, n)
+    x = np.sin(t)
+    y = x + 0.1 * rng.standard_normal(n)
+    est, se = pp.derivative(y, method="spline", time=t, return_se=True)
+    inner = slice(n // 20, n - n // 20)
+    err = est[inner] - np.cos(t[inner])
+    assert np.sqrt(np.mean(err**2)) < 0.02  # noise sd 0.1; oracle lam gives ~0.005
+    assert np.all(np.isfinite(se)) and np.all(se > 0)
+
+
+def test_datetime_index_gives_per_second_derivative(rng: np.random.Generator) -> None:
+    n = 200
+    secs = np.arange(n) * 0.5
+    y = np.sin(secs / 10) + 0.01 * rng.standard_normal(n)
+    idx = pd.Timestamp("2026-01-01") + pd.to_timedelta(secs, unit="s")
+    d_dt = pp.derivative(pd.Series(y, index=idx, name="x"), method="spline")
+    d_num = pp.derivative(pd.Series(y, index=secs, name="x"), method="spline")
+    assert isinstance(d_dt.index, pd.DatetimeIndex) and d_dt.name == "d(x)"
+    np.testing.assert_allclose(d_dt.to_numpy(), d_num.to_numpy(), rtol=1e-9, atol=1e-12)
+    d_min = pp.derivative(pd.Series(y, index=idx), method="spline", time_unit="min")
+    ref = 60 * d_num.to_numpy()  # same data in minutes: lam re-chosen, to optimiser resolution
+    np.testing.assert_allclose(d_min.to_numpy(), ref, atol=1e-4 * np.abs(ref).max())
+
+
+def test_segments_are_fitted_independently(rng: np.random.Generator) -> None:
+    t = np.arange(150) * 0.1
+    a = np.sin(t) + 0.05 * rng.standard_normal(150)
+    b = np.cos(t) + 0.05 * rng.standard_normal(150)
+    df = pd.DataFrame({"time": np.r_[t, t], "x": np.r_[a, b], "run": np.repeat(["a", "b"], 150)})
+    both = pp.derivative(df, method="spline", time="time", segment="run")
+    alone_a = pp.derivative(a, method="spline", time=t)
+    alone_b = pp.derivative(b, method="spline", time=t)
+    np.testing.assert_allclose(both["d(x)"].to_numpy(), np.r_[alone_a, alone_b], rtol=1e-10)
+
+
+def test_derivative_cov_diagonal_matches_se(rng: np.random.Generator) -> None:
+    t = np.linspace(0, 3, 120)
+    y = np.sin(t) + 0.1 * rng.standard_normal(120)
+    est = SmoothingSpline().fit(y, time=t)
+    _, se = est.derivative(1, return_se=True)
+    cov = est.derivative_cov(1)
+    np.testing.assert_allclose(np.sqrt(np.diag(cov)), se, rtol=1e-8)
+    assert np.all(np.linalg.eigvalsh(cov) > -1e-12 * np.abs(cov).max())
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    a=st.floats(-3, 3),
+    b=st.floats(-3, 3),
+    shift=st.floats(-1e4, 1e4),
+    seed=st.integers(0, 10_000),
+)
+def test_linear_in_data_and_shift_invariant(a: float, b: float, shift: float, seed: int) -> None:
+    r = np.random.default_rng(seed)
+    t = np.cumsum(r.uniform(0.5, 1.5, 40))
+    y1, y2 = r.standard_normal(40), r.standard_normal(40)
+    est = SmoothingSpline(lam=2.0)
+    d = lambda y, tt: est.fit(y, time=tt).derivative(1)  # noqa: E731
+    comb = d(a * y1 + b * y2, t)
+    scale = 1.0 + np.abs(d(y1, t)).max() + np.abs(d(y2, t)).max()
+    np.testing.assert_allclose(comb, a * d(y1, t) + b * d(y2, t), atol=1e-8 * scale)
+    np.testing.assert_allclose(d(y1, t + shift), d(y1, t), atol=1e-7 * scale)
+
+
+def test_bad_inputs_raise_derivreg_errors() -> None:
+    t = np.arange(20.0)
+    y = np.sin(t)
+    with pytest.raises(DataError, match="criterion"):
+        SmoothingSpline(criterion="aic").fit(y, time=t)
+    with pytest.raises(DataError, match="penalty_order"):
+        SmoothingSpline(penalty_order=7).fit(y, time=t)
+    with pytest.raises(DataError, match="lam"):
+        SmoothingSpline(lam=-1.0).fit(y, time=t)
+    with pytest.raises(TooFewPointsError):
+        SmoothingSpline().fit(y[:4], time=t[:4])
+    with pytest.raises(NonFiniteError):
+        SmoothingSpline().fit(np.r_[y[:5], np.nan, y[6:]], time=t)
+    with pytest.raises(MethodNotAvailableError, match="penalty_order"):
+        SmoothingSpline(penalty_order=2).fit(y, time=t).derivative(3)
+    with pytest.raises(DerivregError):
+        SmoothingSpline().fit(y, time=t).derivative(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SmoothingSpline().fit(y, time=t).derivative(3)  # quintic: order 3 is fine
