@@ -94,6 +94,31 @@ def test_convergence_rate_irregular_first_derivative(rng):
     assert np.all(rates > 3.5), rates
 
 
+def test_central_even_order_loses_one_order_on_irregular_grids():
+    errs = []
+    base = np.random.default_rng(7).uniform(-0.3, 0.3, 641)
+    for n in (81, 161, 321):
+        h = 1.0 / (n - 1)
+        t = np.linspace(0, 1, n) + base[:n] * h * (np.arange(n) % (n - 1) != 0)
+        d = Differencing(accuracy=2).fit(np.exp(t), time=t).derivative(2)
+        errs.append(np.nanmax(np.abs(d - np.exp(t))))
+    rates = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
+    assert np.all(np.abs(rates - 1) < 0.3), rates
+
+
+def test_fitted_weights_per_segment_reproduce_the_estimate(rng):
+    t = np.r_[np.sort(rng.uniform(0, 1, 20)), np.sort(rng.uniform(0, 1, 15))]
+    y = rng.normal(size=35)
+    seg = [0] * 20 + [1] * 15
+    est = Differencing(accuracy=4).fit(y, time=t, segment=seg)
+    d = est.derivative(1)
+    for i, pos in enumerate([np.arange(20), np.arange(20, 35)]):
+        w = est.derivative_weights(1, segment=i)
+        ok = est.defined(t[pos], 1)
+        np.testing.assert_allclose((w @ y[pos])[ok], d[pos][ok])
+        assert np.all(w.toarray()[~ok] == 0)
+
+
 def test_order_zero_returns_data_and_order_three_works():
     t = np.linspace(0, 1, 30)
     y = t**3

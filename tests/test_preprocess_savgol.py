@@ -132,6 +132,7 @@ def test_plugin_tunes_each_order_and_records_it(rng):
     assert out.shape == (300,) and list(est.info_["windows"]) == [1, 3]
     fixed = SavitzkyGolay(window=w3).fit(y, time=t).derivative(3)
     np.testing.assert_allclose(out, fixed)
+    np.testing.assert_allclose(est.derivative_weights(3) @ y, out, atol=1e-9 * np.abs(out).max())
 
 
 def test_covariance_is_r_w_wt_and_matches_monte_carlo(rng):

@@ -288,6 +288,16 @@ class Differencing(Preprocessor):
         pos = self.data_.segments[segment]
         return self._cov_sparse(self.states_[(column, segment)], self.data_.t[pos], order)
 
+    def derivative_weights(self, order: int = 1, column: int = 0, segment: int = 0) -> sp.csr_array:
+        """Fitted ``W`` of one segment (rows/columns index that segment's samples in time order).
+
+        The estimate there is ``W @ y_segment`` (NaN on the all-zero rows, see :meth:`defined`).
+        ``column`` does not change ``W``; it is accepted for symmetry with other estimators.
+        """
+        self._check_fitted()
+        order = self._check_order(order)
+        return self.weights(self.data_.t[self.data_.segments[segment]], order)
+
     def fitted_noise_var(self, column: int = 0, segment: int = 0) -> float:
         """Measurement-noise variance used for one column and segment (given or estimated)."""
         self._check_fitted()

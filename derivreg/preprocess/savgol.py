@@ -385,6 +385,19 @@ class SavitzkyGolay(Preprocessor):
             (w.ravel(), (np.repeat(np.arange(n), window), cols.ravel())), shape=(n, n)
         )
 
+    def derivative_weights(self, order: int = 1, column: int = 0, segment: int = 0) -> sp.csr_array:
+        """Fitted ``W`` of one column and segment: the estimate there is ``W @ y_segment``.
+
+        Uses the window chosen for that column, segment and order (the same as
+        :meth:`derivative`), so ``r W Wᵀ`` is the covariance of that estimate.
+        """
+        self._check_fitted()
+        order = self._check_order(order)
+        self._check_deriv(order)
+        t = self.data_.t[self.data_.segments[segment]]
+        state = self.states_[(column, segment)]
+        return self.weights(t, order, self._window_for(state, t, order))
+
     def _derivative_cov_1d(self, state: dict[str, Any], t: FloatArray, order: int) -> FloatArray:
         """Dense ``r̂ W Wᵀ`` with ``r̂`` the Gasser–Sroka–Jennen-Steinmetz noise variance."""
         self._check_deriv(order)
