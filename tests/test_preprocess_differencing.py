@@ -279,3 +279,36 @@ def test_too_few_points_and_bad_parameters():
         Differencing(accuracy=3).fit(np.sin(t), time=t)
     with pytest.raises(DataError, match="orders"):
         Differencing().fit(np.sin(t), time=t).derivative(4)
+
+
+def test_intervals_from_estimated_covariance_cover_on_a_quadratic(rng):
+    # no truncation error for a quadratic: W R Wᵀ with the GSJS estimate of r must cover
+    n, reps, sd = 60, 400, 0.1
+    t = np.sort(rng.uniform(0, 3, n))
+    x = 1 + t - 0.4 * t**2
+    truth = 1 - 0.8 * t
+    hits = []
+    for _ in range(reps):
+        est = Differencing().fit(x + sd * rng.normal(size=n), time=t)
+        d = est.derivative(1)
+        se = np.sqrt(np.diag(est.derivative_cov(1)))
+        ok = ~np.isnan(d)
+        hits.append(np.abs(d[ok] - truth[ok]) <= 1.96 * se[ok])
+    coverage = np.mean(hits)
+    assert 0.93 < coverage < 0.97, coverage
+
+
+@pytest.mark.slow
+def test_slow_covariance_monte_carlo_all_stencils(rng):
+    n, reps, r = 40, 20000, 0.01
+    t = np.sort(rng.uniform(0, 2, n))
+    for kind in KINDS:
+        for acc in ACCS:
+            for order in ORDERS:
+                est = Differencing(kind=kind, accuracy=acc, noise_var=r).fit(np.sin(t), time=t)
+                ok = est.defined(t, order)
+                c = est.derivative_cov(order)[np.ix_(ok, ok)]
+                draws = est.weights(t, order) @ (np.sqrt(r) * rng.standard_normal((n, reps)))
+                emp = np.cov(draws[ok])
+                se = np.sqrt((np.outer(np.diag(c), np.diag(c)) + c**2) / reps)
+                assert np.max(np.abs(emp - c) / se) < 5.5, (kind, acc, order)

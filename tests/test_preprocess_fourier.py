@@ -170,3 +170,16 @@ def test_pandas_series_datetime_index_and_bad_parameters():
     ):
         with pytest.raises(DataError):
             WindowedFourier(**bad).fit(s)
+
+
+def test_noisy_interior_accuracy_over_many_draws():
+    t = np.linspace(0, 10, 501)
+    for make in (periodic, nonperiodic):
+        x, d = make(t)
+        amp = np.abs(d[0]).max()
+        for sd, tol in ((0.01, 0.04), (0.05, 0.06)):
+            errs = []
+            for seed in range(100):
+                y = x + sd * np.random.default_rng(seed).normal(size=len(t))
+                errs.append(rmse(WindowedFourier().fit(y, time=t).derivative(1), d[0]) / amp)
+            assert max(errs) < tol and np.median(errs) < tol / 2, (make.__name__, sd)

@@ -198,3 +198,28 @@ def test_regular_fast_path_of_bias_variance_moments_matches_generic(order):
     fast = _local_moments(t, 13, 3, order, regular=True)
     slow = _local_moments(t, 13, 3, order, regular=False)
     np.testing.assert_allclose(fast, slow, rtol=1e-7, atol=1e-10 * np.abs(slow).max())
+
+
+@pytest.mark.slow
+def test_slow_plugin_window_near_oracle_over_many_draws():
+    n = 400
+    ratios = {"plugin": [], "loocv": []}
+    cands = _candidate_windows(n, 3, 501)
+    for seed in range(20):
+        for regular in (True, False):
+            rng = np.random.default_rng(100 + seed)
+            t = np.linspace(0, 10, n) if regular else np.sort(rng.uniform(0, 10, n))
+            x, dx = signal(t)
+            y = x + 0.05 * rng.normal(size=n)
+            rmse = {
+                m: np.sqrt(
+                    np.mean((SavitzkyGolay(window=m).fit(y, time=t).derivative(1) - dx) ** 2)
+                )
+                for m in cands
+            }
+            best = min(rmse.values())
+            for sel in ratios:
+                chosen = SavitzkyGolay(selection=sel).fit(y, time=t).info_["window"]
+                ratios[sel].append(rmse[chosen] / best)
+    assert np.median(ratios["plugin"]) < 1.1 and max(ratios["plugin"]) < 1.6
+    assert np.median(ratios["plugin"]) <= np.median(ratios["loocv"])
