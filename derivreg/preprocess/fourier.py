@@ -87,7 +87,8 @@ class WindowedFourier(Preprocessor):
     extend : {"odd", "mirror", None}
         Odd reflection about the end points (default; after ``detrend="linear"`` the ends are
         zero, so the periodic extension is continuous with a continuous slope and the spectrum
-        decays like ``1/ν³``), even reflection (continuous, but the slope jumps at the ends: pair
+        decays like ``1/ν³``; with another ``detrend`` the end-point line of the remainder is
+        removed as well), even reflection (continuous, but the slope jumps at the ends: pair
         it with a taper), or none (the series is treated as one period).
     taper_alpha : float
         Fraction of the series inside the Tukey taper's cosine lobes (half at each end).
@@ -135,8 +136,6 @@ class WindowedFourier(Preprocessor):
             raise DataError(f"taper must be 'tukey' or None, got {self.taper!r}")
         if self.extend not in ("mirror", "odd", None):
             raise DataError(f"extend must be 'mirror', 'odd' or None, got {self.extend!r}")
-        if self.extend == "odd" and self.detrend != "linear":
-            raise DataError("extend='odd' needs detrend='linear' (the ends must be zero)")
         if not 0 <= self.taper_alpha <= 1:
             raise DataError(f"taper_alpha must be in [0, 1], got {self.taper_alpha!r}")
         if self.edges not in ("nan", "keep"):
@@ -184,6 +183,11 @@ class WindowedFourier(Preprocessor):
         tc = t - t[0]
         trend = self._trend(tc, y)
         g = y - trend(tc)
+        if self.extend == "odd" and self.detrend != "linear":
+            # the odd reflection needs zero ends: also remove the end-point line of the remainder
+            line = np.polynomial.Polynomial([g[0], (g[-1] - g[0]) / tc[-1]])
+            trend = trend + line
+            g = g - line(tc)
         w = tukey(n, self.taper_alpha) if self.taper == "tukey" else np.ones(n)
         z = self._extend(w * g)
         spec = np.fft.rfft(z)
