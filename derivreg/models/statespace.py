@@ -160,7 +160,7 @@ class _LinearSDE:
                 )
             idx = inverse[pos : pos + n - 1]
             pos += n - 1
-            kf = KalmanFilter(k_endog=1, k_states=order, k_posdef=1)
+            kf = KalmanFilter(k_endog=1, k_states=order, k_posdef=order)
             kf.bind(np.asarray(y, dtype=float).copy())
             design = np.zeros((1, order))
             design[0, 0] = 1.0
@@ -255,7 +255,7 @@ class _LinearSDE:
             res = kf.filter()
             innov.append(np.asarray(res.forecasts_error[0], float).copy())
             pred.append(np.asarray(res.forecasts[0], float).copy())
-            ks = KalmanSmoother(k_endog=1, k_states=self.p, k_posdef=1)
+            ks = KalmanSmoother(k_endog=1, k_states=self.p, k_posdef=self.p)
             ks.bind(seg.y.copy())
             for name in ("design", "obs_cov", "transition", "state_cov", "selection"):
                 ks[name] = kf[name]
@@ -317,15 +317,28 @@ def fit_linear_sde(
         Which noise sources the model has; an absent one is fixed at (numerically) zero.
     initial_state : {"diffuse", "estimated"}
         Exact diffuse initialisation, or the initial state of each segment as parameters.
-    theta0 : array, optional
-        Starting coefficients (e.g. from an ARX or integral fit); zeros otherwise.
+    theta0 : array (k,) or (n_candidates, k), optional
+        Starting coefficients (e.g. from an ARX or integral fit); with several rows, the one
+        with the highest likelihood is used. Zeros otherwise.
 
     Returns
     -------
     LinearSDEFit
     """
     model = _LinearSDE(segments, order, state_terms, hold, noise, initial_state)
-    start = _start_values(model, theta0)
+    cands = None if theta0 is None else np.atleast_2d(np.asarray(theta0, dtype=float))
+    start = _start_values(model, None if cands is None else cands[0])
+    if cands is not None and len(cands) > 1:
+        # several candidate starts: keep the one with the highest likelihood
+        best_ll = -np.inf
+        for c in cands:
+            trial = start.copy()
+            trial[: model.k] = c
+            ll = model.loglike(trial) if np.all(np.isfinite(c)) else -np.inf
+            if ll > best_ll:
+                best_ll, best_start = ll, trial
+        if np.isfinite(best_ll):
+            start = best_start
     k = model.k
     # the noise variances are (log s², ρ) with σ² ∝ s² cos²ρ and r = s² sin²ρ: a regime without
     # one noise source is the smooth interior point ρ = 0 or π/2 (no bound, no floor), where the
@@ -549,6 +562,48 @@ def _difference_path(
     return out
 
 
+def _cumint(v: FloatArray, t: FloatArray, held: bool) -> FloatArray:
+    """Cumulative integral from ``t[0]``: exact for held (step) or linear (trapezoid) data."""
+    dt = np.diff(t)
+    inc = v[:-1] * dt if held else 0.5 * (v[:-1] + v[1:]) * dt
+    return np.concatenate([[0.0], np.cumsum(inc)])
+
+
+def _integral_start(rel: LinearRelation, segs: list) -> FloatArray:
+    """Integral-form OLS: ``x = Σ_{i<p} c_i (t-t0)^i + Σ θ_s I^{p-s} x + Σ θ_j I^p w_j``.
+
+    Works on irregular grids and is not thrown off by measurement noise the way a
+    derivative-based start is; the per-segment polynomial absorbs the initial conditions.
+    """
+    p = rel.order
+    blocks_x, blocks_y = [], []
+    n_seg = len(segs)
+    for i, (t, y, W) in enumerate(segs):
+        good = np.isfinite(y)
+        yy = np.interp(t, t[good], y[good])
+        cols = []
+        for s_order in rel.state_orders:
+            v = yy
+            for _ in range(p - s_order):
+                v = _cumint(v, t, held=False)
+            cols.append(v)
+        for j, hold in enumerate(rel.exog_hold):
+            v = _cumint(W[:, j], t, held=hold == "zoh")
+            for _ in range(p - 1):
+                v = _cumint(v, t, held=False)
+            cols.append(v)
+        nuis = np.zeros((len(t), p * n_seg))
+        for k in range(p):
+            nuis[:, i * p + k] = (t - t[0]) ** k
+        blocks_x.append(np.column_stack([*cols, nuis]))
+        blocks_y.append(yy)
+    X, yv = np.vstack(blocks_x), np.concatenate(blocks_y)
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-300)
+    beta, *_ = np.linalg.lstsq(X / scale, yv, rcond=None)
+    beta = beta / scale
+    return beta[: len(rel.state_orders) + len(rel.exog_hold)]
+
+
 class StateSpace(Model):
     """Continuous-time linear state-space maximum likelihood (see the module docstring).
 
@@ -615,9 +670,10 @@ class StateSpace(Model):
         return segs
 
     def _start(self, rel: LinearRelation, segs: list) -> FloatArray:
-        """Starting coefficients: ARX by OLS where possible, else gradient OLS."""
+        """Candidate starting coefficients (rows): integral-form OLS, and ARX where it applies."""
         from derivreg.models.arimax import fit_arx
 
+        cands = [_integral_start(rel, segs)]
         k_s = len(rel.state_orders)
         ok_arx = rel.order in (1, 2) and set(rel.state_orders) <= {rel.order - 1}
         if ok_arx and all(np.all(np.isfinite(s[1])) for s in segs):
@@ -633,20 +689,10 @@ class StateSpace(Model):
                         estimator="ols",
                     )
                 if np.all(np.isfinite(f.theta)):
-                    return f.theta
+                    cands.append(f.theta)
             except DerivregError:
                 pass
-        rows_y, rows_x = [], []
-        for t, y, W in segs:
-            path = _difference_path(t, y, rel.response, rel.order + 1)
-            lhs = path[(rel.response, rel.order)]
-            Z = [path[(rel.response, k)] for k in rel.state_orders]
-            rows_y.append(lhs)
-            rows_x.append(np.column_stack([*Z, W]) if Z else W)
-        X, yv = np.vstack(rows_x), np.concatenate(rows_y)
-        good = np.isfinite(yv) & np.all(np.isfinite(X), axis=1)
-        beta, *_ = np.linalg.lstsq(X[good], yv[good], rcond=None)
-        return beta
+        return np.array(cands)
 
     def _fit(self, cov_type: str, **kwargs: Any) -> DiffRegResults:
         if kwargs:
