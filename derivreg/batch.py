@@ -42,11 +42,13 @@ import pandas as pd
 from derivreg.exceptions import (
     ColumnNotFoundError,
     DataError,
+    DerivregError,
     MethodNotAvailableError,
 )
 
 __all__ = [
     "BACKENDS",
+    "ENGINES",
     "RESULT_COLUMNS",
     "BatchRun",
     "ChunkResult",
@@ -99,6 +101,7 @@ class _Spec:
     options: dict[str, Any]
     columns: tuple[str, ...]
     index_name: Any
+    vector: Any = None  # _Vector when the vectorised engine is used
 
 
 def _check_method(method: str, options: dict[str, Any]) -> None:
@@ -119,6 +122,40 @@ def _check_method(method: str, options: dict[str, Any]) -> None:
         raise DataError(
             f"method={method!r} has no option(s) {unknown}; valid options: {sorted(known)}"
         )
+
+
+ENGINES: tuple[str, ...] = ("auto", "fit", "vectorized")
+
+
+def _choose_engine(
+    engine: str,
+    df: pd.DataFrame,
+    model_spec: Any,
+    method: str,
+    time: str | None,
+    segment: str | None,
+    input_hold: str,
+    options: dict[str, Any],
+) -> Any:
+    if engine not in ENGINES:
+        raise DataError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    if engine == "fit":
+        return None
+    vector, why = _vector_plan(model_spec, method, segment, input_hold, options)
+    if vector is not None:
+        when = df.index if time is None else df[time]
+        if not pd.api.types.is_numeric_dtype(when) or pd.api.types.is_bool_dtype(when):
+            vector, why = None, "the time is not numeric"
+        elif any(
+            not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])
+            for c in model_spec.columns
+        ):
+            vector, why = None, "a column of the formula is not numeric"
+    if vector is None and engine == "vectorized":
+        raise MethodNotAvailableError(
+            f"engine='vectorized' does not cover this fit ({why}); use engine='fit' or 'auto'"
+        )
+    return vector
 
 
 def _parse(formula: Any) -> Any:
@@ -257,6 +294,28 @@ class ChunkResult:
         self.error.append(message)
         self.warning.append(warning)
 
+    def add_rows(
+        self,
+        group: int,
+        names: Sequence[str],
+        estimate: np.ndarray,
+        se: np.ndarray,
+        nobs: int,
+        method: str,
+    ) -> None:
+        n = len(names)
+        self.group.extend([group] * n)
+        self.term.extend(names)
+        self.estimate.extend(estimate.tolist())
+        self.se.extend(se.tolist())
+        self.lower.extend((estimate - _Z975 * se).tolist())
+        self.upper.extend((estimate + _Z975 * se).tolist())
+        self.nobs.extend([int(nobs)] * n)
+        self.method.extend([method] * n)
+        self.status.extend(["ok"] * n)
+        self.error.extend([None] * n)
+        self.warning.extend([None] * n)
+
     def add_fit(self, group: int, tidy: pd.DataFrame, nobs: int, method: str, warning: Any) -> None:
         n = len(tidy)
         self.group.extend([group] * n)
@@ -328,8 +387,63 @@ def _warning_text(caught: list[warnings.WarningMessage]) -> str | None:
 
 def _run_chunk(spec: _Spec, payload: _Payload) -> ChunkResult:
     """Fit every group of one chunk (the caller limits BLAS threads)."""
+    if spec.vector is not None:
+        return _run_chunk_vector(spec, payload)
     out = ChunkResult()
     for i in range(len(payload.offsets) - 1):
+        group = payload.start + i
+        try:
+            frame = _group_frame(spec, payload, i)
+        except Exception as exc:
+            out.add_error(group, spec.method, _error_message(exc), None)
+            continue
+        _fit_one(spec, frame, group, out)
+    return out
+
+
+def _run_chunk_vector(spec: _Spec, payload: _Payload) -> ChunkResult:
+    """Fit a chunk with the vectorised engine; groups it does not clear go to derivreg.fit."""
+    v = spec.vector
+    assert v is not None
+    out = ChunkResult()
+    k = len(v.terms)
+    n_cols = k + 1 if v.form == "integral" else k
+    min_len = max(4, n_cols + 1) if v.form == "integral" else n_cols + 3
+    checked = np.array([kind != "intercept" for kind, _ in v.terms], dtype=bool)
+    time_arr = payload.index if spec.time is None else payload.arrays[spec.time]
+    t_all = np.asarray(time_arr, dtype=float)
+    values = {
+        c: np.asarray(payload.arrays[c], dtype=float)
+        for c in {v.response, *(var for _, var in v.terms if var is not None)}
+    }
+    lengths = np.diff(payload.offsets)
+    generic: list[int] = []
+    for length in np.unique(lengths):
+        idx = np.flatnonzero(lengths == length)
+        if length < min_len:
+            generic.extend(idx.tolist())
+            continue
+        if len(idx) == len(lengths):  # every group of the chunk has this length: views
+            T = t_all.reshape(len(idx), length)
+            C = {c: a.reshape(len(idx), length) for c, a in values.items()}
+        else:
+            rows = payload.offsets[idx][:, None] + np.arange(length)
+            T = t_all[rows]
+            C = {c: a[rows] for c, a in values.items()}
+        good = np.isfinite(T).all(axis=1) & (np.diff(T, axis=1) > 0).all(axis=1)
+        for a in C.values():
+            good &= np.isfinite(a).all(axis=1)
+        generic.extend(idx[~good].tolist())
+        idx = idx[good]
+        if not len(idx):
+            continue
+        X, y = _vector_design(v, T[good], {c: a[good] for c, a in C.items()})
+        beta, se, ok = _vector_solve(X, y, k, checked)
+        generic.extend(idx[~ok].tolist())
+        nobs = y.shape[-1]
+        for i in np.flatnonzero(ok):
+            out.add_rows(payload.start + int(idx[i]), v.names, beta[i], se[i], nobs, v.form)
+    for i in sorted(generic):
         group = payload.start + i
         try:
             frame = _group_frame(spec, payload, i)
@@ -346,6 +460,166 @@ def _run_chunk_one_thread(spec: _Spec, payload: _Payload) -> ChunkResult:
 
     with threadpool_limits(limits=1):
         return _run_chunk(spec, payload)
+
+
+# --------------------------------------------------------------------------------------------
+# the vectorised engine: the OLS forms with OLS covariance, many groups in one set of array ops
+# --------------------------------------------------------------------------------------------
+#
+# For ``method="integral"`` and ``method="gradient"`` (central differences) with
+# ``cov_type="nonrobust"`` every group's fit is one small least-squares problem. Groups of equal
+# length are stacked into arrays (G, n, k) and solved together:
+#
+#   integral:  x(t) = c0 + Σ_j θ_j (I g_j)(t) + r   (I: trapezoid for the state, exact integral of
+#              the held input for inputs, t - t0 for the intercept)
+#   gradient:  x̂'(t_k) = Σ_j θ_j g_j(t_k) + ε_k    (x̂' central differences, interior rows)
+#
+# θ̂ from the column-scaled normal equations, cov = s² (XᵀX)⁻¹ with s² = êᵀê / (n - K), normal
+# quantiles — the numbers derivreg.fit gives for the same options (tests compare them). Groups
+# that the fast checks do not clear (NaN, unsorted time, too few points, a constant or nearly
+# collinear regressor) are fitted by derivreg.fit, which gives the usual result or error message.
+# Per-group diagnostics (steady-state, errors-in-variables warnings) are not computed here.
+
+_Z975 = 1.959963984540054  # scipy.stats.norm.ppf(0.975)
+
+
+@dataclass(frozen=True)
+class _Vector:
+    """What the vectorised engine needs: form, term layout and the hold of the inputs."""
+
+    form: str  # "integral" or "gradient"
+    response: str
+    terms: tuple[tuple[str, str | None], ...]  # (kind, column) per right-hand term
+    names: tuple[str, ...]
+    hold: str
+    rule: str = "trapezoid"  # quadrature of the state (integral form)
+
+
+def _vector_plan(
+    model_spec: Any, method: str, segment: Any, input_hold: str, options: dict[str, Any]
+) -> tuple[_Vector | None, str]:
+    """The vectorised layout when this fit qualifies, else ``None`` and the reason."""
+    if method not in ("integral", "gradient"):
+        return None, f"method={method!r} (only 'integral' and 'gradient')"
+    opts = dict(options)
+    if opts.pop("cov_type", None) != "nonrobust":
+        return None, "cov_type is not 'nonrobust' (the OLS covariance)"
+    if opts.pop("nan_policy", "raise") != "raise":
+        return None, "nan_policy is not 'raise'"
+    from derivreg.api import get_model_class
+
+    try:
+        defaults = dict(getattr(get_model_class(method), "option_defaults", {}))
+    except DerivregError as exc:
+        return None, str(exc)
+    unknown = sorted(set(opts) - set(defaults))
+    if unknown:
+        return None, f"option(s) {unknown}"
+    eff = {**defaults, **opts}
+    rule = "trapezoid"
+    if method == "integral":
+        rule = eff.get("rule")
+        if rule not in ("trapezoid", "simpson"):
+            return None, f"rule={rule!r}"
+        if eff.get("window") is not None:
+            return None, "window= is given"
+    else:
+        if eff.get("derivative") != "difference" or eff.get("derivative_options"):
+            return None, "derivative is not 'difference' with its default options"
+        from derivreg.preprocess import get_preprocessor
+
+        pre = get_preprocessor("difference")
+        stencil = (getattr(pre, "kind", None), getattr(pre, "accuracy", None))
+        if stencil != ("central", 2) or getattr(pre, "edges", None) != "nan":
+            return None, "the default difference stencil is not the 3-point central one"
+    if segment is not None:
+        return None, "segment= is given"
+    if model_spec.is_system:
+        return None, "a system of equations"
+    eq = model_spec.equations[0]
+    if eq.order != 1:
+        return None, "a derivative order above 1 on the left"
+    terms: list[tuple[str, str | None]] = []
+    for term in eq.terms:
+        if term.kind == "intercept":
+            terms.append(("intercept", None))
+        elif term.kind in ("state", "exogenous") and term.var is not None and term.order == 0:
+            terms.append((term.kind, term.var))
+        else:
+            return None, f"term {term.name!r} (only columns and the intercept)"
+    vector = _Vector(method, eq.response, tuple(terms), tuple(eq.term_names), input_hold, rule)
+    return vector, ""
+
+
+def _state_integral(t: np.ndarray, g: np.ndarray, rule: str) -> np.ndarray:
+    """Cumulative integral of each row of ``g`` over ``t`` (same rule as the integral form)."""
+    from scipy.integrate import cumulative_simpson, cumulative_trapezoid
+
+    if rule == "simpson":
+        return cumulative_simpson(g, x=t, axis=1, initial=0.0)
+    return cumulative_trapezoid(g, x=t, axis=1, initial=0.0)
+
+
+def _vector_design(v: _Vector, t: np.ndarray, cols: dict[str, np.ndarray]):
+    """Stacked designs, one row per regressor: X (G, K, m), y (G, m); θ's are the first rows."""
+    y = cols[v.response]
+    G, n = t.shape
+    if v.form == "integral":
+        h = np.diff(t, axis=1)
+        X = np.empty((G, len(v.terms) + 1, n))
+        for j, (kind, var) in enumerate(v.terms):
+            if kind == "intercept":
+                np.subtract(t, t[:, :1], out=X[:, j])
+                continue
+            g = cols[var]  # type: ignore[index]
+            if kind == "state":
+                X[:, j] = _state_integral(t, g, v.rule)
+                continue
+            if v.hold == "linear":
+                step = g[:, :-1] * h + (g[:, 1:] - g[:, :-1]) * h / 2.0
+            else:
+                step = g[:, :-1] * h
+            X[:, j, 0] = 0.0
+            np.cumsum(step, axis=1, out=X[:, j, 1:])
+        X[:, -1] = 1.0  # initial condition
+        return X, y
+    h0 = t[:, 1:-1] - t[:, :-2]
+    h1 = t[:, 2:] - t[:, 1:-1]
+    dy = (
+        -h1 / (h0 * (h0 + h1)) * y[:, :-2]
+        + (h1 - h0) / (h0 * h1) * y[:, 1:-1]
+        + h0 / (h1 * (h0 + h1)) * y[:, 2:]
+    )
+    X = np.empty((G, len(v.terms), n - 2))
+    for j, (kind, var) in enumerate(v.terms):
+        X[:, j] = 1.0 if kind == "intercept" else cols[var][:, 1:-1]  # type: ignore[index]
+    return X, dy
+
+
+def _vector_solve(X: np.ndarray, y: np.ndarray, k: int, checked: np.ndarray):
+    """OLS of every stacked group (X as (G, K, m)), and which groups are clearly identified.
+
+    ``checked`` marks the θ rows that must not be constant (all but the intercept).
+    """
+    _, K, m = X.shape
+    scale = np.sqrt(np.einsum("gkm,gkm->gk", X, X))
+    scale[scale == 0] = 1.0
+    gram = np.matmul(X, X.transpose(0, 2, 1)) / (scale[:, :, None] * scale[:, None, :])
+    eig = np.linalg.eigvalsh(gram)
+    ok = eig[:, 0] > 1e-8 * eig[:, -1]  # condition number of the scaled design below 1e4
+    if checked.any():
+        Xc = X[:, :k][:, checked]
+        top = np.max(np.abs(Xc), axis=2)
+        constant = (np.ptp(Xc, axis=2) <= 1e-8 * top) | (top == 0)
+        ok &= ~constant.any(axis=1)
+    gram_ok = np.where(ok[:, None, None], gram, np.eye(K))
+    inv = np.linalg.inv(gram_ok)
+    xty = np.matmul(X, y[:, :, None])[:, :, 0] / scale
+    beta = np.matmul(inv, xty[:, :, None])[:, :, 0] / scale
+    resid = y - np.matmul(beta[:, None, :], X)[:, 0, :]
+    s2 = np.einsum("gm,gm->g", resid, resid) / max(m - K, 1)
+    var = s2[:, None] * np.diagonal(inv, axis1=1, axis2=2) / scale**2
+    return beta[:, :k], np.sqrt(np.clip(var[:, :k], 0.0, None)), ok
 
 
 # --- process backend: workers forked after the plan exists read it from this global ---------
@@ -508,6 +782,7 @@ def _prepare(
     input_hold: str,
     chunk_size: int | None,
     options: dict[str, Any],
+    engine: str = "auto",
 ) -> _Prepared:
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"fit_many needs a DataFrame, got {type(df).__name__}")
@@ -530,6 +805,7 @@ def _prepare(
     model_spec.validate(df.columns)
     used = {str(c) for c in model_spec.columns} | {c for c in (time, segment) if c is not None}
     columns = [c for c in df.columns if str(c) in used]
+    vector = _choose_engine(engine, df, model_spec, method, time, segment, input_hold, options)
     spec = _Spec(
         formula=formula,
         method=method,
@@ -540,6 +816,7 @@ def _prepare(
         options=dict(options),
         columns=tuple(columns),
         index_name=df.index.name,
+        vector=vector,
     )
     plan = _make_plan(df, by_cols, columns, use_index=time is None)
     return _Prepared(spec, plan, by_cols, _chunk_bounds(plan.ngroups, chunk_size))
@@ -622,6 +899,7 @@ def prepare_batch(
     segment: str | None = None,
     input_hold: str = "linear",
     chunk_size: int | None = None,
+    engine: str = "auto",
     **options: Any,
 ) -> BatchRun:
     """Check the arguments, parse the formula once and split ``df`` into groups and chunks.
@@ -634,7 +912,7 @@ def prepare_batch(
     if backend == "dask":
         _import_distributed()
     prep = _prepare(
-        df, formula, by, method, time, time_unit, segment, input_hold, chunk_size, options
+        df, formula, by, method, time, time_unit, segment, input_hold, chunk_size, options, engine
     )
     return BatchRun(prep, backend, n_jobs, scheduler, client)
 
@@ -678,6 +956,7 @@ def fit_many(
     input_hold: str = "linear",
     progress: bool | ProgressCallback | None = None,
     chunk_size: int | None = None,
+    engine: str = "auto",
     **options: Any,
 ) -> pd.DataFrame:
     """Fit the same differential relation to every group of rows of a panel.
@@ -721,6 +1000,17 @@ def fit_many(
     chunk_size : int, optional
         Groups per task. Default: about 40 chunks in total, at most 500 groups each. It depends on
         the number of groups only, so results never depend on the number of workers.
+    engine : {"auto", "fit", "vectorized"}
+        ``"fit"`` calls :func:`derivreg.fit` for every group. ``"vectorized"`` solves many groups
+        in one set of array operations; it covers the OLS forms with the OLS covariance —
+        ``method="integral"`` or ``method="gradient"`` with ``derivative="difference"``, both with
+        ``cov_type="nonrobust"``, one first-order equation whose terms are columns and the
+        intercept, numeric time, no ``segment`` — and gives the same estimates, standard errors
+        and intervals as :func:`derivreg.fit` (groups it cannot clear quickly, e.g. with NaN or a
+        constant regressor, are passed to :func:`derivreg.fit`). It does not run the per-group
+        diagnostics, so its ``warning`` column is empty. ``"auto"`` (default) uses it when the
+        fit qualifies — which requires asking for ``cov_type="nonrobust"``: the forms' default
+        covariances (GLS, HAC) always go through :func:`derivreg.fit`.
 
     Returns
     -------
@@ -762,6 +1052,7 @@ def fit_many(
         segment=segment,
         input_hold=input_hold,
         chunk_size=chunk_size,
+        engine=engine,
         **options,
     )
     return run.table(progress)
