@@ -31,9 +31,9 @@ MAX_WINDOW_PLUGIN = 2001
 
 
 def local_polynomial_weights(
-    t: FloatArray, window: int, polyorder: int, order: int
+    t: FloatArray, window: int, polyorder: int, order: int, rows: slice | None = None
 ) -> tuple[FloatArray, IntArray]:
-    """Weights of the local least-squares polynomial derivative at every sample.
+    """Weights of the local least-squares polynomial derivative at every sample (or ``rows``).
 
     The window of sample ``i`` is the ``window`` samples centred on ``i``, shifted inwards at
     the ends so that it always holds ``window`` samples (the ``mode="interp"`` edge handling of
@@ -41,23 +41,23 @@ def local_polynomial_weights(
 
     Returns
     -------
-    weights : ndarray (n, window)
+    weights : ndarray (n_rows, window)
         ``x̂^{(order)}(t_i) = Σ_k weights[i, k] y[start[i] + k]``.
-    start : ndarray (n,)
+    start : ndarray (n_rows,)
         First sample of each window.
     """
     t = np.asarray(t, dtype=float)
     n = len(t)
-    i = np.arange(n)
+    i = np.arange(n) if rows is None else np.arange(n)[rows]
     start = np.clip(i - window // 2, 0, n - window).astype(np.intp)
     idx = start[:, None] + np.arange(window)[None, :]
-    dx = t[idx] - t[:, None]
+    dx = t[idx] - t[i, None]
     scale = np.max(np.abs(dx), axis=1, keepdims=True)
     # Chebyshev basis in the scaled offsets: well conditioned normal equations. The estimate is
     # c·β with c_j = T_j^{(order)}(0), so the weights are X G⁻¹ c, G = XᵀX.
     x = chebvander(dx / scale, polyorder)  # (n, m, p+1)
     g = np.matmul(np.swapaxes(x, 1, 2), x)
-    c = np.broadcast_to(_cheb_derivs(np.zeros(1), polyorder, order)[0], (n, polyorder + 1))
+    c = np.broadcast_to(_cheb_derivs(np.zeros(1), polyorder, order)[0], (len(i), polyorder + 1))
     z = np.linalg.solve(g, c[..., None])
     w = np.matmul(x, z)[..., 0]
     w /= scale**order
@@ -88,6 +88,26 @@ def _apply(w: FloatArray, start: IntArray, y: FloatArray) -> FloatArray:
     return np.sum(w * y[idx], axis=1)
 
 
+#: work arrays of the irregular local fits are built in row blocks of about this many elements
+_CHUNK_ELEMENTS = 2_000_000
+
+
+def _row_chunks(n: int, window: int, polyorder: int) -> list[slice]:
+    size = max(1, _CHUNK_ELEMENTS // (window * (polyorder + 1)))
+    return [slice(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def _local_apply(
+    t: FloatArray, y: FloatArray, window: int, polyorder: int, order: int
+) -> FloatArray:
+    """Local-polynomial derivative estimate at every sample, in memory-bounded row blocks."""
+    out = np.empty(len(t))
+    for rows in _row_chunks(len(t), window, polyorder):
+        w, start = local_polynomial_weights(t, window, polyorder, order, rows)
+        out[rows] = _apply(w, start, y)
+    return out
+
+
 def _uniform_hat_diag(n: int, window: int, polyorder: int) -> FloatArray:
     """Diagonal of the smoother matrix of ``savgol_filter(mode="interp")`` on a regular grid."""
     half = window // 2
@@ -112,11 +132,14 @@ def _local_moments(
     """
     n, p = len(t), polyorder
     if not regular:
-        w, start = local_polynomial_weights(t, window, p, order)
-        dx = t[start[:, None] + np.arange(window)[None, :]] - t[:, None]
-        return np.stack(
-            [np.sum(w**2, 1), np.sum(w * dx ** (p + 1), 1), np.sum(w * dx ** (p + 2), 1)]
-        )
+        out = np.empty((3, n))
+        for rows in _row_chunks(n, window, p):
+            w, start = local_polynomial_weights(t, window, p, order, rows)
+            dx = t[start[:, None] + np.arange(window)[None, :]] - t[rows, None]
+            out[:, rows] = np.stack(
+                [np.sum(w**2, 1), np.sum(w * dx ** (p + 1), 1), np.sum(w * dx ** (p + 2), 1)]
+            )
+        return out
     half = window // 2
     h = float(np.mean(np.diff(t)))
     out = np.empty((3, n))
@@ -264,9 +287,11 @@ class SavitzkyGolay(Preprocessor):
             yhat = savgol_filter(y, m, p, deriv=0, mode="interp")
             lii = _uniform_hat_diag(len(y), m, p)
         else:
-            w, start = local_polynomial_weights(t, m, p, 0)
-            yhat = _apply(w, start, y)
-            lii = w[np.arange(len(y)), np.arange(len(y)) - start]
+            yhat, lii = np.empty(len(y)), np.empty(len(y))
+            for rows in _row_chunks(len(y), m, p):
+                w, start = local_polynomial_weights(t, m, p, 0, rows)
+                yhat[rows] = _apply(w, start, y)
+                lii[rows] = w[np.arange(len(start)), np.arange(len(y))[rows] - start]
         return float(np.mean(((y - yhat) / (1.0 - lii)) ** 2))
 
     def _loocv(self, t: FloatArray, y: FloatArray, p: int, regular: bool) -> dict[str, Any]:
@@ -296,7 +321,7 @@ class SavitzkyGolay(Preprocessor):
                 h = float(np.mean(np.diff(t)))
                 derivs.append(savgol_filter(y, m, q, deriv=d, delta=h, mode="interp"))
             else:
-                derivs.append(_apply(*local_polynomial_weights(t, m, q, d), y))
+                derivs.append(_local_apply(t, y, m, q, d))
         return {"window": m, "d1": derivs[0], "d2": derivs[1], "r": noise_variance(t, y)}
 
     def _plugin_window(self, state: dict[str, Any], t: FloatArray, order: int) -> int:
@@ -370,8 +395,7 @@ class SavitzkyGolay(Preprocessor):
             h = float(np.mean(np.diff(t)))
             est = savgol_filter(y, m, int(self.polyorder), deriv=order, delta=h, mode="interp")
             return np.asarray(est, dtype=float), None
-        w, start = local_polynomial_weights(t, m, int(self.polyorder), order)
-        return _apply(w, start, y), None
+        return _local_apply(t, y, m, int(self.polyorder), order), None
 
     def weights(self, t: FloatArray, order: int, window: int) -> sp.csr_array:
         """Sparse ``W`` (n × n) with ``x̂^{(order)} = W y`` for the given window."""
