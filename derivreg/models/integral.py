@@ -129,13 +129,14 @@ class IntegralOLS(Model):
         "white measurement noise (variance from the data) + process noise (moment estimate)"
     )
     cov_types: ClassVar[tuple[str, ...]] = ("GLS", "sandwich", "nonrobust", "HAC")
-    default_cov_type: ClassVar[str] = "GLS"
+    default_cov_type: ClassVar[str] = "sandwich"
     option_defaults: ClassVar[dict[str, Any]] = {
-        "rule": "trapezoid",
+        "rule": "simpson",
         "window": None,
         "derivative": "auto",
         "derivative_options": None,
         "noise": "auto",
+        "eiv_correction": True,
     }
 
     def min_points(self) -> int:
@@ -191,8 +192,47 @@ class IntegralOLS(Model):
                         col = est[:, cols.index(v)]
                         if np.isnan(col).any():
                             col = pd.Series(col).interpolate(limit_direction="both").to_numpy()
+                        if k == 1:
+                            col = self._repair_signs(v, col)
                         values[(v, k)] = col
         return values
+
+    def _repair_signs(self, v: str, est: FloatArray) -> FloatArray:
+        """Fix the sign of a smoothed velocity where the data's displacement contradicts it.
+
+        Smoothers misjudge the direction of motion near segment edges (e.g. a start from rest,
+        where the spline's boundary behaviour gives a velocity of the wrong sign). For each sample
+        the secant ``(x_{k+j} - x_{k-j}) / (t_{k+j} - t_{k-j})`` over the shortest span whose
+        displacement exceeds ``4·√2`` measurement-noise SDs has a reliable sign; where it
+        disagrees with the smoother, the secant replaces the estimate. Only terms that use the
+        derivative inside a nonlinear function (``sign(d(x))``) see this.
+        """
+        out = est.copy()
+        x_all = self.column(v)
+        for pos in self.data.segments:
+            t = self.data.t[pos]
+            x = x_all[pos]
+            n = len(x)
+            if n < 3:
+                continue
+            thr = 4.0 * np.sqrt(2.0 * robust_noise_variance(t, x))
+            slope = np.full(n, np.nan)
+            idx = np.arange(n)
+            todo = np.ones(n, dtype=bool)
+            for j in range(1, max(n // 4, 2)):
+                hi = np.minimum(idx + j, n - 1)
+                lo = np.maximum(idx - j, 0)
+                dx = x[hi] - x[lo]
+                hit = todo & (np.abs(dx) > thr)
+                slope[hit] = dx[hit] / (t[hi[hit]] - t[lo[hit]])
+                todo &= ~hit
+                if not todo.any():
+                    break
+            e = out[pos]
+            flip = np.isfinite(slope) & (np.sign(e) != np.sign(slope))
+            e[flip] = slope[flip]
+            out[pos] = e
+        return out
 
     def _term_column(
         self, eq: Equation, term: Term, t: FloatArray, pos: np.ndarray, values: dict
@@ -448,6 +488,12 @@ class IntegralOLS(Model):
                         Om[jj * nbk : (jj + 1) * nbk, i * nbk : (i + 1) * nbk] = blk.T
             return Om
 
+        if self.options["eiv_correction"] and mode != "process":
+            betas = self._corrected_ols(X_eq, y_eq, prepared, tau2)
+            bread_mats = self._bread
+        else:
+            bread_mats = [np.linalg.pinv(X.T @ X) for X in X_eq]
+
         iterations = 2 if cov_type == "GLS" else 1
         sigma2 = np.zeros(m)
         cov = np.zeros((K_tot, K_tot))
@@ -486,9 +532,7 @@ class IntegralOLS(Model):
             if cov_type == "sandwich":
                 bread = np.zeros((K_tot, K_tot))
                 for e in range(m):
-                    bread[offs[e] : offs[e + 1], offs[e] : offs[e + 1]] = np.linalg.pinv(
-                        X_eq[e].T @ X_eq[e]
-                    )
+                    bread[offs[e] : offs[e + 1], offs[e] : offs[e + 1]] = bread_mats[e]
                 cov = bread @ meat @ bread
             else:
                 cov = np.linalg.pinv(XtOiX)
@@ -503,6 +547,57 @@ class IntegralOLS(Model):
             for e, eq in enumerate(eqs):
                 details[f"process noise SD {eq.response}"] = float(np.sqrt(sigma2[e]))
         return betas, cov, details
+
+    def _corrected_ols(
+        self,
+        X_eq: list[FloatArray],
+        y_eq: list[FloatArray],
+        prepared: list[Any],
+        tau2: dict[tuple[str, int], float],
+    ) -> list[FloatArray]:
+        """Errors-in-variables corrected least squares (measurement noise in integrated states).
+
+        With ``X_S = X₀ + E`` for the state columns (``E_a = N_a e``: integrated noise), the
+        noise-free columns ``Z`` (inputs, intercept, initial-condition terms), ``M = I - P_Z`` and
+        ``y = x + e``: ``E[X_SᵀM X_S] = X₀ᵀM X₀ + T`` and ``E[X_SᵀM y] = X₀ᵀM x + t`` with
+        ``T_ab = Σ τ² tr(N_aᵀ M N_b)``, ``t_a = Σ τ² tr(M N_a)`` (the latter only through the
+        response's own noise). Solving ``(XᵀX - T̃) β = Xᵀy - t̃`` (``T̃``, ``t̃``: ``T``, ``t`` in
+        the state rows) is then consistent. Stores the bread ``(XᵀX - T̃)⁻¹`` for the sandwich.
+        """
+        eqs = self.spec.equations
+        out = []
+        self._bread = []
+        for e, eq in enumerate(eqs):
+            X, y = X_eq[e], y_eq[e]
+            k = X.shape[1]
+            noisy = sorted(
+                {a for _, _, ops, _, _ in prepared for lst in ops[e].values() for a, _ in lst}
+            )
+            zcols = [j for j in range(k) if j not in noisy]
+            Z = X[:, zcols]
+            W = np.linalg.pinv(Z.T @ Z)
+            T = np.zeros((k, k))
+            tv = np.zeros(k)
+            start = 0
+            for seg, nbk, ops, _, _ in prepared:
+                Zb = Z[start : start + nbk]
+                start += nbk
+                for v, lst in ops[e].items():
+                    w = tau2[(v, seg)]
+                    if w == 0:
+                        continue
+                    ZN = {a: Zb.T @ Na for a, Na in lst}  # (q, nbk)
+                    for a, Na in lst:
+                        if v == eq.response:
+                            tv[a] += w * (float(np.trace(Na)) - float(np.sum(W * (ZN[a] @ Zb).T)))
+                        for b, Nb in lst:
+                            full = float(np.sum(Na * Nb))
+                            proj = float(np.sum(W * (ZN[b] @ ZN[a].T).T))
+                            T[a, b] += w * (full - proj)
+            M = X.T @ X - T
+            self._bread.append(np.linalg.pinv(M))
+            out.append(self._bread[-1] @ (X.T @ y - tv))
+        return out
 
     def _process_variance(
         self,
