@@ -378,6 +378,12 @@ def batch(
     chunk_size: Annotated[
         int | None, typer.Option("--chunk-size", help="Groups per task and per part file.")
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", help="auto, fit (dr.fit per group) or vectorized (OLS forms, OLS cov)."
+        ),
+    ] = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip groups already written by an earlier run.")
     ] = False,
@@ -414,6 +420,7 @@ def batch(
             "segment": segment,
             "input_hold": input_hold,
             "options": {k: repr(v) for k, v in sorted(options.items())},
+            "engine": engine,
         }
         parts = _Parts(out)
         if parts.exists() and not (resume or overwrite):
@@ -443,6 +450,7 @@ def batch(
             segment=segment,
             input_hold=input_hold,
             chunk_size=chunk_size,
+            engine=engine,
             **options,
         )
         done, failed = parts.counts
