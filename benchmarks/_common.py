@@ -43,19 +43,29 @@ def machine_info() -> dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
     }
+    try:
+        info["load"] = "load average " + ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        info["load"] = "load average unknown"
     threads = {v: os.environ[v] for v in _THREAD_VARS if v in os.environ}
     info["threads"] = ", ".join(f"{k}={v}" for k, v in threads.items()) or "library defaults"
     return info
 
 
 def package_versions(names: Iterable[str]) -> dict[str, str]:
-    """Installed version of each distribution, or ``"not installed"``."""
+    """Installed version of each distribution, or ``"not installed"``.
+
+    A module imported from a source tree (not installed as a distribution) reports its
+    ``__version__`` if it has been imported.
+    """
     out: dict[str, str] = {}
     for name in names:
         try:
             out[name] = _md.version(name)
         except _md.PackageNotFoundError:
-            out[name] = "not installed"
+            mod = sys.modules.get(name)
+            version = getattr(mod, "__version__", None) if mod is not None else None
+            out[name] = f"{version} (source tree)" if version else "not installed"
     return out
 
 
@@ -138,6 +148,7 @@ def header(title: str, packages: Iterable[str], argv: Sequence[str] | None = Non
         f"- date: {now}",
         f"- command: `python {' '.join(argv if argv is not None else sys.argv)}`",
         f"- machine: {m['cores']} cores, {m['cpu']}, {m['os']}, Python {m['python']}",
+        f"- machine load when the run ended: {m['load']} (1, 5, 15 min)",
         f"- BLAS/OpenMP threads: {m['threads']}",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in package_versions(packages).items()),
         "",
