@@ -171,6 +171,24 @@ def test_sarimax_with_exog_is_a_different_model() -> None:
     assert abs(a_sarimax + 1.0) > 5 * res.bse["x"]
 
 
+def test_armax_ml_matches_statsmodels_regression_with_ma_errors() -> None:
+    # the ARMAX likelihood is SARIMAX(endog=y[1:], exog=[y[:-1], u, 1], order=(0, 0, 1))
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+    df = first_order(-1.0, 1.0, 0.5, n=150, dt=0.5, u="switching", sigma=0.3, tau=0.1, seed=3)
+    t, y, u = df.index.to_numpy(float), df["x"].to_numpy(), df["u"].to_numpy()
+    W = np.column_stack([u, np.ones_like(u)])
+    fit = fit_arx([(t, y, W)], order=1, hold="zoh", noise="both")
+    X = np.column_stack([y[:-1], u[:-1], np.ones(len(y) - 1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = SARIMAX(y[1:], exog=X, order=(0, 0, 1), trend="n").fit(
+            start_params=fit.disc_params, disp=False, method="bfgs", maxiter=100, cov_type="none"
+        )
+    np.testing.assert_allclose(fit.disc_params[:3], ref.params[:3], rtol=2e-3, atol=2e-4)
+    assert abs(fit.info["loglike"] - ref.llf) < 0.05
+
+
 # ---------------------------------------------------------------------- errors
 def test_irregular_sampling_points_to_statespace() -> None:
     t = np.cumsum(np.random.default_rng(0).exponential(0.1, 100))

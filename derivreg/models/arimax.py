@@ -40,17 +40,21 @@ Measurement noise
 With ``y_k = x_k + e_k`` the discrete model is an ARMAX: ``y_{k+1} = φ y_k + β'w + η_k + e_{k+1} -
 φ e_k`` has MA(1) errors (MA(2) for the differenced second-order form), and OLS is inconsistent
 (``y_k`` is correlated with ``e_k``). ``noise="measurement"`` or ``"both"`` estimates the ARMAX by
-exact Gaussian maximum likelihood: statsmodels ``SARIMAX(endog=y_{k+1}, exog=[y_k, w lags],
-order=(0, 0, q))``, i.e. a regression on the *lagged output* and the inputs with MA(q) errors.
-This is not what ``SARIMAX(y, exog=u, order=(1, 0, q))`` estimates: that is a regression with
-ARMA errors, ``y_k = β'u_k + ν_k`` with ``(1 - φL) ν_k = (1 + ψL) ε_k``, in which the input acts
-instantaneously and the AR coefficient describes the *noise*, not the system's dynamics (its
-``φ`` is not ``e^{aΔ}`` and its ``β`` is the static gain, not ``b I_0``).
+exact Gaussian maximum likelihood, conditional on the first lags: a regression of the response on
+the *lagged output* and the input lags with MA(q) errors, ``r = X β + u``, ``u ~ MA(q)``. ``β`` and
+the innovation variance are concentrated out by GLS through a banded Cholesky factor of the MA
+correlation matrix; the MA coefficients maximise the profile likelihood. This is the model
+statsmodels fits as ``SARIMAX(endog=y[1:], exog=[y[:-1], w lags], order=(0, 0, q))`` (the tests
+check the two agree), about 50x faster. It is *not* what ``SARIMAX(y, exog=u, order=(1, 0, q))``
+estimates: that is a regression with ARMA errors, ``y_k = β'u_k + ν_k`` with
+``(1 - φL) ν_k = (1 + ψL) ε_k``, in which the input acts instantaneously and the AR coefficient
+describes the *noise*, not the system's dynamics (its ``φ`` is not ``e^{aΔ}`` and its ``β`` is the
+static gain, not ``b I_0``).
 
 Irregular sampling cannot be written in this form (``φ`` changes with every step): it raises
 :class:`IrregularSamplingError`; use ``method="statespace"``. Segments: lags never cross a
-segment boundary (rows are built within segments; for the MA errors ``q`` missing rows separate
-segments, which resets the MA state exactly).
+segment boundary (rows are built within segments, and the MA correlation matrix is block
+diagonal over segments).
 """
 
 from __future__ import annotations
