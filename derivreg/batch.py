@@ -193,6 +193,23 @@ def _as_list(by: str | Sequence[str]) -> list[str]:
     return by
 
 
+_CONTROLLER: Any = None
+
+
+def _one_blas_thread() -> Any:
+    """Context manager limiting BLAS/OpenMP pools to one thread.
+
+    ``threadpoolctl.threadpool_limits`` scans the loaded libraries on every call (milliseconds);
+    a controller made once per process and its ``limit`` are cheap.
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1)
+
+
 def group_codes(frame: pd.DataFrame, by: Sequence[str]) -> np.ndarray:
     """Group number of every row, numbered in output order (sorted keys, missing keys last)."""
     return frame.groupby(list(by), sort=True, dropna=False, observed=True).ngroup().to_numpy()
@@ -200,23 +217,23 @@ def group_codes(frame: pd.DataFrame, by: Sequence[str]) -> np.ndarray:
 
 def _make_plan(df: pd.DataFrame, by: list[str], columns: Sequence[str], use_index: bool) -> _Plan:
     codes = group_codes(df, by)
-    order = np.argsort(codes, kind="stable")
-    sorted_codes = codes[order]
+    identity = bool(np.all(codes[1:] >= codes[:-1]))  # rows already in group order
+    order = None if identity else np.argsort(codes, kind="stable")
+    sorted_codes = codes if order is None else codes[order]
     ngroups = int(sorted_codes[-1]) + 1 if len(sorted_codes) else 0
     counts = np.bincount(sorted_codes, minlength=ngroups)
     offsets = np.zeros(ngroups + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    first = order[offsets[:-1]]
+    first = offsets[:-1] if order is None else order[offsets[:-1]]
     keys = df[by].iloc[first].reset_index(drop=True)
-    identity = bool(np.all(order == np.arange(len(order))))
     arrays: dict[str, np.ndarray] = {}
     for col in columns:
         values = df[col].to_numpy()
-        arrays[col] = values if identity else values[order]
+        arrays[col] = values if order is None else values[order]
     index = None
     if use_index:
         values = df.index.to_numpy()
-        index = values if identity else values[order]
+        index = values if order is None else values[order]
     return _Plan(keys=keys, offsets=offsets, arrays=arrays, index=index)
 
 
@@ -294,22 +311,23 @@ class ChunkResult:
         self.error.append(message)
         self.warning.append(warning)
 
-    def add_rows(
+    def add_block(
         self,
-        group: int,
+        groups: np.ndarray,
         names: Sequence[str],
         estimate: np.ndarray,
         se: np.ndarray,
         nobs: int,
         method: str,
     ) -> None:
-        n = len(names)
-        self.group.extend([group] * n)
-        self.term.extend(names)
-        self.estimate.extend(estimate.tolist())
-        self.se.extend(se.tolist())
-        self.lower.extend((estimate - _Z975 * se).tolist())
-        self.upper.extend((estimate + _Z975 * se).tolist())
+        """Rows of many fitted groups at once: ``estimate``/``se`` are (groups, terms)."""
+        n = estimate.size
+        self.group.extend(np.repeat(groups, len(names)).tolist())
+        self.term.extend(list(names) * len(groups))
+        self.estimate.extend(estimate.ravel().tolist())
+        self.se.extend(se.ravel().tolist())
+        self.lower.extend((estimate - _Z975 * se).ravel().tolist())
+        self.upper.extend((estimate + _Z975 * se).ravel().tolist())
         self.nobs.extend([int(nobs)] * n)
         self.method.extend([method] * n)
         self.status.extend(["ok"] * n)
@@ -440,9 +458,7 @@ def _run_chunk_vector(spec: _Spec, payload: _Payload) -> ChunkResult:
         X, y = _vector_design(v, T[good], {c: a[good] for c, a in C.items()})
         beta, se, ok = _vector_solve(X, y, k, checked)
         generic.extend(idx[~ok].tolist())
-        nobs = y.shape[-1]
-        for i in np.flatnonzero(ok):
-            out.add_rows(payload.start + int(idx[i]), v.names, beta[i], se[i], nobs, v.form)
+        out.add_block(payload.start + idx[ok], v.names, beta[ok], se[ok], y.shape[-1], v.form)
     for i in sorted(generic):
         group = payload.start + i
         try:
@@ -456,9 +472,7 @@ def _run_chunk_vector(spec: _Spec, payload: _Payload) -> ChunkResult:
 
 def _run_chunk_one_thread(spec: _Spec, payload: _Payload) -> ChunkResult:
     """:func:`_run_chunk` with one BLAS thread for its duration (dask workers)."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
+    with _one_blas_thread():
         return _run_chunk(spec, payload)
 
 
@@ -472,7 +486,8 @@ def _run_chunk_one_thread(spec: _Spec, payload: _Payload) -> ChunkResult:
 #
 #   integral:  x(t) = c0 + Σ_j θ_j (I g_j)(t) + r   (I: trapezoid for the state, exact integral of
 #              the held input for inputs, t - t0 for the intercept)
-#   gradient:  x̂'(t_k) = Σ_j θ_j g_j(t_k) + ε_k    (x̂' central differences, interior rows)
+#   gradient:  x̂'(t_k) = Σ_j θ_j g_j(t_k) + ε_k    (x̂' central differences, interior rows;
+#              a held input enters as (u_{k-1} + u_k)/2, as GradientOLS does)
 #
 # θ̂ from the column-scaled normal equations, cov = s² (XᵀX)⁻¹ with s² = êᵀê / (n - K), normal
 # quantiles — the numbers derivreg.fit gives for the same options (tests compare them). Groups
@@ -552,12 +567,20 @@ def _vector_plan(
 
 
 def _state_integral(t: np.ndarray, g: np.ndarray, rule: str) -> np.ndarray:
-    """Cumulative integral of each row of ``g`` over ``t`` (same rule as the integral form)."""
+    """Cumulative integral of each row of ``g`` over ``t`` (same rule as the integral form).
+
+    Rows on regular grids use scipy's equal-interval Simpson formula with each row's step (the
+    unequal-interval formula reduces to it, to rounding, and costs three times as much).
+    """
     from scipy.integrate import cumulative_simpson, cumulative_trapezoid
 
-    if rule == "simpson":
-        return cumulative_simpson(g, x=t, axis=1, initial=0.0)
-    return cumulative_trapezoid(g, x=t, axis=1, initial=0.0)
+    if rule != "simpson":
+        return cumulative_trapezoid(g, x=t, axis=1, initial=0.0)
+    h = np.diff(t, axis=1)
+    step = h[:, :1]
+    if np.all(np.abs(h - step) <= 1e-9 * np.abs(step)):
+        return cumulative_simpson(g, dx=step, axis=1, initial=0.0)
+    return cumulative_simpson(g, x=t, axis=1, initial=0.0)
 
 
 def _vector_design(v: _Vector, t: np.ndarray, cols: dict[str, np.ndarray]):
@@ -592,7 +615,13 @@ def _vector_design(v: _Vector, t: np.ndarray, cols: dict[str, np.ndarray]):
     )
     X = np.empty((G, len(v.terms), n - 2))
     for j, (kind, var) in enumerate(v.terms):
-        X[:, j] = 1.0 if kind == "intercept" else cols[var][:, 1:-1]  # type: ignore[index]
+        if kind == "intercept":
+            X[:, j] = 1.0
+        elif kind == "exogenous" and v.hold == "zoh":  # held input: mean of both sides
+            g = cols[var]  # type: ignore[index]
+            X[:, j] = 0.5 * (g[:, 1:-1] + g[:, :-2])
+        else:
+            X[:, j] = cols[var][:, 1:-1]  # type: ignore[index]
     return X, dy
 
 
@@ -627,9 +656,7 @@ _FORK_STATE: tuple[_Spec, _Plan] | None = None
 
 
 def _init_worker() -> None:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=1)
+    _one_blas_thread()  # kept for the life of the worker
 
 
 def _run_forked_chunk(start: int, stop: int) -> ChunkResult:
@@ -856,9 +883,7 @@ class BatchRun:
         """Raw chunk results in completion order."""
         prep = self._prep
         if self.backend == "serial":
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(limits=1):
+            with _one_blas_thread():
                 yield from _iter_serial(prep.spec, prep.plan, prep.bounds)
         elif self.backend == "process":
             workers = _n_workers(self.n_jobs)
@@ -925,7 +950,10 @@ def _table(keys: pd.DataFrame, by: list[str], chunks: Sequence[ChunkResult]) -> 
     out = keys.iloc[group].reset_index(drop=True)
     for name in RESULT_COLUMNS:
         values = [v for c in chunks for v in getattr(c, name)]
-        out[name] = pd.Series([values[i] for i in order], dtype=object)
+        if name in _FLOAT_COLUMNS:
+            out[name] = np.asarray(values, dtype=float)[order]
+        else:
+            out[name] = pd.Series(np.asarray(values, dtype=object)[order], dtype=object)
     return normalize_table(out, by)
 
 

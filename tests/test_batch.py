@@ -253,6 +253,12 @@ VECTOR_CASES = [
     {"method": "integral", "cov_type": "nonrobust"},
     {"method": "integral", "cov_type": "nonrobust", "input_hold": "zoh"},
     {"method": "gradient", "derivative": "difference", "cov_type": "nonrobust"},
+    {
+        "method": "gradient",
+        "derivative": "difference",
+        "cov_type": "nonrobust",
+        "input_hold": "zoh",
+    },
 ]
 
 
