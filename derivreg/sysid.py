@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from derivreg._typing import FloatArray
+from derivreg._typing import ArrayLike, FloatArray
 from derivreg.exceptions import (
     ColumnNotFoundError,
     DataError,
@@ -159,7 +159,7 @@ def _delta_method(
 
 def gains_from_coefficients(
     params: Sequence[float] | pd.Series,
-    cov: ArrayLike2D,
+    cov: ArrayLike,
     mechanism: str = "simple",
     *,
     alpha: float = 0.05,
@@ -212,9 +212,6 @@ def gains_from_coefficients(
         index=pd.Index(names, name="gain"),
     )
     return gains, pd.DataFrame(gcov, index=names, columns=names)
-
-
-ArrayLike2D = Any  # an array-like (k, k); kept loose for pandas/numpy inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -795,7 +792,7 @@ def prepare_fit_data(
     mechanism: str,
     *,
     signal: str = "velocity",
-    fresh: bool = True,
+    fresh: bool | str = "auto",
     angle_unit: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Clean a SysId log for a derivreg fit of ``dv/dt = α v + β u + γ s (+ gravity terms)``.
@@ -803,17 +800,19 @@ def prepare_fit_data(
     Per test (and drivetrain side), one segment of the fit:
 
     * **leading zero-voltage rows and stiction**: only the longest contiguous stretch in which
-      the mechanism moves is kept — voltage applied and ``|v|`` above its level at rest (the
-      largest ``|v|`` over the leading 0-V rows). Samples held by static friction obey
-      ``a = 0``, not the relation, and are left out.
-    * **friction sign**: ``s`` is the test's direction of motion (the sign of its median
+      the mechanism moves is kept — voltage applied and ``s·v`` above its level at rest (the
+      largest ``|v|`` over the leading 0-V rows) and above three times the velocity noise.
+      Samples held by static friction obey ``a = 0``, not the relation, and are left out.
+    * **friction sign**: ``s`` is the test's direction of motion (the sign of its mean
       velocity), constant over the segment — never the sign of a noisy velocity near zero; the
       voltage is ``|V|·s`` (SysId's ``copysign``, per test rather than per sample).
-    * **quantised / stale velocities** (``fresh=True``): a row whose fitted signal equals the
-      previous row's is a repeat of an old reading, not a new measurement, and is dropped; the
-      voltage of each kept row becomes its time average until the next kept row, so the first
-      integral of the held voltage stays exact. Jittery or irregular time stamps are kept as
-      they are (the fits use the actual times).
+    * **held (stale) readings** (``fresh="auto"``): when the sensor updates slower than the log
+      (readings repeated over several rows even at the start of the dynamic tests, where the
+      velocity changes every sample), a repeated row is an old reading, not a measurement, and
+      is dropped; the voltage of each kept row becomes its time average until the next kept
+      row, so the first integral of the held voltage stays exact. Merely quantised readings
+      are kept (dropping them would select samples by their noise). Jittery or irregular time
+      stamps are kept as they are: the fits use the actual times.
 
     Parameters
     ----------
@@ -824,8 +823,8 @@ def prepare_fit_data(
     signal : {"velocity", "position"}
         Fit the first-order relation in the logged velocity, or the second-order relation in
         the logged position (``d(x, 2) ~ d(x) + u + s``).
-    fresh : bool
-        Drop repeated readings as above.
+    fresh : bool or "auto"
+        Drop repeated readings (True), keep them (False), or decide from the log ("auto").
     angle_unit : str, optional
         Arm angle unit (default from ``log.attrs["units"]``).
 
@@ -835,14 +834,15 @@ def prepare_fit_data(
         Columns ``segment``, ``time``, ``v`` (or ``x``), ``u``, ``s`` (+ ``cos_theta``,
         ``sin_theta`` for an arm).
     info : dict
-        Rows kept per segment.
+        Rows kept per segment (``rows_by_segment``) and whether repeats were dropped
+        (``fresh``).
     """
     if signal not in ("velocity", "position"):
         raise DataError(f"signal must be 'velocity' or 'position', got {signal!r}")
     scale = _angle_scale(log, angle_unit) if mechanism == "arm" else 1.0
     keys = ["test", "side"] if mechanism in DRIVETRAIN_TESTS else ["test"]
     sides = ["left", "right"] if mechanism == "drivetrain" else ["left"]
-    frames, kept = [], {}
+    frames, kept, stretches = [], {}, []
     for key, d in log.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         if mechanism in DRIVETRAIN_TESTS and key[1] not in sides:
@@ -856,22 +856,17 @@ def prepare_fit_data(
         else:
             v = d["velocity"].to_numpy(dtype=float)
             x = d["position"].to_numpy(dtype=float)
-        on = np.flatnonzero(volt != 0)
-        rest = float(np.max(np.abs(v[: on[0]]))) if len(on) and on[0] > 0 else 0.0
-        a, b = _longest_run((np.abs(v) > rest) & (volt != 0))
         label = "/".join(str(k) for k in key[::-1])
-        if b - a < 5:
-            raise TooFewPointsError(
-                f"segment {label!r}: the mechanism never moves for 5 consecutive samples"
-            )
+        a, b, direction = _moving_stretch(v, volt, label)
         dt = np.diff(t)
         t_end = t[b] if b < len(t) else t[b - 1] + float(np.median(dt))
         t, volt, v, x = t[a:b], volt[a:b], v[a:b], x[a:b]
-        direction = float(np.sign(np.median(v)))
-        if direction == 0.0:
-            raise DataError(f"segment {label!r}: the direction of motion is undetermined")
         u = np.abs(volt) * direction
         y = v if signal == "velocity" else x
+        stretches.append((label, key[0], t, u, y, x, direction, t_end))
+    if fresh == "auto":
+        fresh = _held_readings([(y, test) for _, test, _, _, y, *_ in stretches])
+    for label, _, t, u, y, x, direction, t_end in stretches:
         idx = np.flatnonzero(np.concatenate([[True], np.diff(y) != 0])) if fresh else None
         frame: dict[str, Any] = {"segment": label}
         if idx is not None:
@@ -890,7 +885,47 @@ def prepare_fit_data(
         kept[label] = len(out)
         frames.append(out)
     data = pd.concat(frames, ignore_index=True)
-    return data, {"rows_by_segment": kept}
+    return data, {"rows_by_segment": kept, "fresh": bool(fresh)}
+
+
+def _moving_stretch(v: FloatArray, volt: FloatArray, label: str) -> tuple[int, int, float]:
+    """``(start, stop, direction)`` of the longest stretch in which the mechanism moves.
+
+    Direction ``s``: the sign of the mean velocity while voltage is applied. Moving: voltage
+    applied and ``s·v`` above both the largest ``|v|`` over the leading 0-V rows and three
+    times the velocity noise (robust first-difference estimate ``1.4826·MAD(Δv)/√2``).
+    """
+    on = np.flatnonzero(volt != 0)
+    if len(on) == 0:
+        raise TooFewPointsError(f"segment {label!r}: no voltage is ever applied")
+    direction = float(np.sign(np.mean(v[on])))
+    if direction == 0.0:
+        raise DataError(f"segment {label!r}: the direction of motion is undetermined")
+    rest = float(np.max(np.abs(v[: on[0]]))) if on[0] > 0 else 0.0
+    dv = np.diff(v[on])
+    noise = 1.4826 * float(np.median(np.abs(dv - np.median(dv)))) / math.sqrt(2.0) if len(dv) else 0
+    a, b = _longest_run((direction * v > max(rest, 3.0 * noise)) & (volt != 0))
+    if b - a < 5:
+        raise TooFewPointsError(
+            f"segment {label!r}: the mechanism never moves for 5 consecutive samples"
+        )
+    return a, b, direction
+
+
+def _held_readings(signals: list[tuple[FloatArray, str]], head: int = 40) -> bool:
+    """Whether the sensor updates slower than the log: readings held over several rows.
+
+    Judged on the start of the dynamic tests, where the true velocity changes every sample:
+    held readings change in fewer than half of the rows there; quantised but fresh readings
+    change in most of them. (Dropping repeats of merely quantised readings would select
+    samples by their noise, so they are kept.)
+    """
+    shares = [
+        float(np.mean(np.diff(y[:head]) != 0))
+        for y, test in signals
+        if test.startswith("fast") and len(y) > 2
+    ]
+    return bool(shares) and float(np.median(shares)) < 0.5
 
 
 def _formula(mechanism: str, signal: str) -> tuple[str, list[str]]:
@@ -918,7 +953,7 @@ def _fit_derivreg(
     alpha: float,
     *,
     signal: str = "velocity",
-    fresh: bool = True,
+    fresh: bool | str = "auto",
     angle_unit: str | None = None,
     **fit_options: Any,
 ) -> Characterization:

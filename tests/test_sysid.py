@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from derivreg.sysid import (
     _gain_values,
     gains_from_coefficients,
     noise_floor,
+    prepare_fit_data,
     sysid_pipeline,
 )
 
@@ -422,3 +424,186 @@ def test_bad_input_raises_clear_errors(tmp_path):
         dr.characterize(log, method="sysid", acceleration="nope")
     with pytest.raises(DataError, match="alpha"):
         dr.characterize(log, method="sysid", alpha=1.5)
+
+
+# ------------------------------------------------- the recommended method (derivreg fits)
+SYSID_GAINS = {
+    "team581_2022_spu_simple.json": {"kS": 0.019184, "kV": 0.17836, "kA": 0.002161},
+    "team8744_2023_drivetrain.json": {"kS": 0.10884, "kV": 1.0835, "kA": 0.13958},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYSID_GAINS))
+def test_auto_on_the_teams_logs(shared_data, name):
+    """Real logs (team 581: team581/frc-2022-rapid-react sysid_data/compbot/spu_data.json;
+    team 8744: FRC-Team8744/ThomasCanTrack sysid_data/sysid_data20231028-160422.json): the
+    recommended method's kV agrees with SysId's within 3%, with intervals for all gains."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        ch = dr.characterize(shared_data / "sysid" / name)
+    assert ch.method.startswith("auto")
+    assert ch.gains.loc["kV", "estimate"] == pytest.approx(SYSID_GAINS[name]["kV"], rel=0.03)
+    assert np.isfinite(ch.gains[["se", "lower", "upper"]].to_numpy()).all()
+    assert (ch.gains["se"] > 0).all()
+    assert hasattr(ch.fit, "cov_params") and ch.info["nobs"] > 100
+
+
+def motor_log(seed: int, **kw: Any) -> pd.DataFrame:
+    """A realistic simulated SysId log: stiction, measurement noise, quantised velocity,
+    jittery dt and leading 0-V rows in the dynamic tests (derivreg.simulate.motor)."""
+    from derivreg.simulate import as_sysid_log, motor
+
+    opts = dict(
+        dt=0.005,
+        dt_jitter=0.1,
+        tau=0.002,
+        tau_velocity=0.02,
+        velocity_quantum=0.01,
+        leading_zeros=5,
+        quasistatic_duration=8.0,
+        steady_state=1.0,
+    )
+    opts.update(kw)
+    return as_sysid_log(motor(0.5, 2.0, 0.3, seed=seed, **opts))
+
+
+TRUE_MOTOR = pd.Series({"kS": 0.5, "kV": 2.0, "kA": 0.3})
+
+
+def _monte_carlo(reps: int, seed0: int) -> dict[str, pd.DataFrame]:
+    out: dict[str, list[pd.DataFrame]] = {"auto": [], "sysid": []}
+    for r in range(reps):
+        log = motor_log(seed0 + r)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dr.DerivregWarning)
+            for method in out:
+                out[method].append(dr.characterize(log, method=method).gains)
+    return {m: pd.concat(g, keys=range(reps)) for m, g in out.items()}
+
+
+def test_auto_beats_sysid_on_simulated_noisy_logs():
+    """Noise, quantisation, jitter, stiction, leading zeros: the recommended method is unbiased
+    with SEs matching its spread, and its RMSE beats the SysId pipeline's for every gain."""
+    res = _monte_carlo(8, 100)
+    est = {m: g["estimate"].unstack() for m, g in res.items()}
+    rmse = {m: np.sqrt(((e - TRUE_MOTOR) ** 2).mean()) for m, e in est.items()}
+    assert (rmse["auto"] < rmse["sysid"]).all(), rmse
+    se = res["auto"]["se"].unstack().mean()
+    sd = est["auto"].std()
+    assert ((se / sd) > 0.5).all() and ((se / sd) < 2.0).all(), (se, sd)
+    bias = est["auto"].mean() - TRUE_MOTOR
+    assert (bias.abs() < 3 * sd / np.sqrt(8) + 1e-3).all(), bias
+
+
+@pytest.mark.slow
+def test_auto_intervals_cover_on_simulated_noisy_logs():
+    """Monte Carlo (200 logs): 95% intervals of kS, kV, kA cover in [0.90, 0.99]."""
+    res = _monte_carlo(200, 1000)["auto"]
+    lower, upper = res["lower"].unstack(), res["upper"].unstack()
+    cover = ((lower <= TRUE_MOTOR) & (TRUE_MOTOR <= upper)).mean()
+    assert ((cover >= 0.90) & (cover <= 0.99)).all(), cover
+
+
+@pytest.mark.parametrize(
+    ("test_type", "gains", "units", "offset"),
+    [MECHANISM_CASES[i] for i in (2, 3, 5, 6)],  # elevator, arm, drivetrain, angular
+)
+def test_auto_recovers_every_mechanism(tmp_path, test_type, gains, units, offset):
+    """Noisy simulated logs of each mechanism type: the estimates lie within 4 SE of truth."""
+    path = tmp_path / "sim.json"
+    sysid_json(path, test_type, gains, units=units, offset=offset, n_slow=1200, n_fast=300,
+               noise=0.01, seed=3)  # fmt: skip
+    if test_type == "Drivetrain (Angular)":  # noise on the gyro rate, which the fit uses
+        doc = json.loads(path.read_text())
+        rng = np.random.default_rng(4)
+        for test in TESTS:
+            for row in doc[test]:
+                row[8] += 0.01 * rng.standard_normal()
+        path.write_text(json.dumps(doc))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        ch = dr.characterize(path, method="auto")
+    truth = pd.Series({**gains, "offset": offset}).reindex(ch.gains.index)
+    z = (ch.gains["estimate"] - truth) / ch.gains["se"]
+    assert (z.abs() < 4).all(), pd.concat([ch.gains, truth.rename("truth")], axis=1)
+
+
+def test_prepare_fit_data_handles_stiction_stale_rows_and_signs():
+    """Leading 0-V rows and samples held by static friction are left out; repeated (stale)
+    readings are dropped while the voltage's integral over each kept interval is exact;
+    backward tests get a negative voltage and friction sign."""
+    n = 40
+    t = 10.0 + 0.005 * np.arange(n) + 0.0005 * np.sin(np.arange(n))  # jittery
+    volt = np.where(np.arange(n) >= 5, 3.0 + 0.1 * np.cos(np.arange(n)), 0.0)
+    v = np.zeros(n)
+    v[12:] = np.repeat(np.linspace(0.5, 2.0, 7), 4)  # moving from row 12, value held 4 rows
+    rows = []
+    for test, sign in (("slow-forward", 1), ("slow-backward", -1)):
+        rows.append(
+            pd.DataFrame(
+                {
+                    "test": test,
+                    "time": t,
+                    "voltage": sign * volt,
+                    "position": 0.0,
+                    "velocity": sign * v,
+                }
+            )
+        )
+    log = pd.concat(rows, ignore_index=True)
+    data, info = prepare_fit_data(log, "simple", fresh=True)
+    fwd = data[data["segment"] == "slow-forward"]
+    bwd = data[data["segment"] == "slow-backward"]
+    assert info["rows_by_segment"] == {"slow-forward": 7, "slow-backward": 7}
+    np.testing.assert_allclose(fwd["time"], t[12::4])
+    assert (fwd["s"] == 1).all() and (bwd["s"] == -1).all()
+    assert (bwd["u"] < 0).all() and (fwd["u"] > 0).all()
+    # exact first integral of the held voltage over the kept stretch
+    t_end = t[-1] + np.median(np.diff(t))  # the stretch runs to the end of the test
+    edges = np.append(t[13:], t_end)
+    exact = np.sum(volt[12:] * (edges - t[12:]))
+    kept_edges = np.append(fwd["time"].to_numpy()[1:], t_end)
+    approx = np.sum(fwd["u"].to_numpy() * (kept_edges - fwd["time"].to_numpy()))
+    assert approx == pytest.approx(exact, rel=1e-12)
+    all_rows, _ = prepare_fit_data(log, "simple", fresh=False)
+    assert len(all_rows) == 2 * (n - 12)
+
+
+def test_poorly_determined_gain_warns():
+    """Negligible friction (kS = 0.002 V): kS's interval is wide relative to it -> warning."""
+    from derivreg.exceptions import ExcitationWarning
+    from derivreg.simulate import as_sysid_log, motor
+
+    log = as_sysid_log(
+        motor(0.002, 2.0, 0.3, dt=0.005, tau_velocity=0.05, quasistatic_duration=6.0, seed=5)
+    )
+    with pytest.warns(ExcitationWarning, match="kS"):
+        ch = dr.characterize(log, method="auto")
+    assert ch.gains.loc["kS", "se"] > 0.25 * abs(ch.gains.loc["kS", "estimate"])
+
+
+def test_other_fit_methods_and_position_signal():
+    """The gradient form and the position-only second-order relation give gains near truth."""
+    log = motor_log(7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        grad = dr.characterize(log, method="gradient")
+        pos = dr.characterize(log, method="integral", signal="position")
+    assert grad.method == "gradient" and pos.method == "integral"
+    for ch in (grad, pos):
+        np.testing.assert_allclose(ch.gains["estimate"], TRUE_MOTOR, rtol=0.05)
+    with pytest.raises(DataError, match="signal"):
+        dr.characterize(log, signal="current")
+
+
+def test_held_readings_are_detected_quantised_ones_are_not(shared_data):
+    """Both teams' sensors update every 20 ms while the log runs at 5 ms (repeats dropped);
+    a simulated quantised but fresh velocity keeps every row (no selection by noise)."""
+    for name in SYSID_GAINS:
+        log = dr.io.read_sysid(shared_data / "sysid" / name)
+        mech = log.attrs["mechanism"]
+        data, info = prepare_fit_data(log, mech)
+        assert info["fresh"] is True
+        assert len(data) < 0.4 * len(log)
+    data, info = prepare_fit_data(motor_log(3), "simple")
+    assert info["fresh"] is False
