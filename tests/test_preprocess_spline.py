@@ -114,14 +114,14 @@ def test_tuned_smoothing_is_near_the_oracle(criterion: str, rng: np.random.Gener
     assert np.mean(ratios) < 1.35
 
 
-def _coverage(reps: int, n: int, seed: int) -> tuple[float, float]:
+def _coverage(reps: int, n: int, seed: int, criterion: str = "reml") -> tuple[float, float]:
     t = np.linspace(0, 1, n)
     x, dx = _sine(t)
     inner = slice(n // 10, n - n // 10)
     cov0, cov1 = [], []
     for r in range(reps):
         y = x + 0.2 * np.random.default_rng(seed + r).standard_normal(n)
-        st_ = fit_irw(t, y, 3)
+        st_ = fit_irw(t, y, 3, criterion=criterion)
         e0, s0 = irw_derivative(st_, 0, 3)
         e1, s1 = irw_derivative(st_, 1, 3)
         cov0.append(np.mean(np.abs(e0 - x)[inner] < 1.96 * s0[inner]))
@@ -130,17 +130,24 @@ def _coverage(reps: int, n: int, seed: int) -> tuple[float, float]:
 
 
 def test_pointwise_band_coverage_quick() -> None:
+    # Bayesian (Wahba) bands. With REML smoothing: near nominal for f, conservative for f'
+    # (measured 0.96 / 0.986 over 300 replications); with GCV: 0.93 / 0.94.
     c0, c1 = _coverage(25, 200, 100)
-    # Bayesian (Wahba) bands: close to nominal for f, conservative for f' (measured ~0.99)
-    assert 0.92 <= c0 <= 0.995
-    assert 0.92 <= c1 <= 1.0
+    assert 0.93 <= c0 <= 0.995
+    assert 0.95 <= c1
+    g0, g1 = _coverage(25, 200, 100, "gcv")
+    assert 0.88 <= g0 <= 0.98
+    assert 0.88 <= g1 <= 0.98
 
 
 @pytest.mark.slow
 def test_pointwise_band_coverage_long() -> None:
     c0, c1 = _coverage(300, 300, 1000)
-    assert 0.93 <= c0 <= 0.985
-    assert 0.93 <= c1 <= 1.0
+    assert 0.94 <= c0 <= 0.98
+    assert 0.96 <= c1 <= 0.995
+    g0, g1 = _coverage(300, 300, 1000, "gcv")
+    assert 0.91 <= g0 <= 0.97
+    assert 0.91 <= g1 <= 0.97
 
 
 @pytest.mark.parametrize("unit, offset", [(1e-3, 0.0), (1e9, 1e9), (1.0, 5e3)])
