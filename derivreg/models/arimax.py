@@ -71,6 +71,7 @@ from derivreg._typing import FloatArray
 from derivreg.discretize import first_order_terms, hold_mask
 from derivreg.exceptions import (
     BiasWarning,
+    ConvergenceError,
     ConvergenceWarning,
     DataError,
     IdentificationError,
@@ -367,11 +368,8 @@ def fit_arx(
             "the ARX regressors are collinear (a constant input together with the intercept, or "
             "an input that never changes); drop a term or add excitation"
         )
-    if estimator in ("ols", "nls"):
-        disc, disc_cov, resid, fitted, s2, df = _ols(X, yv)
-        info: dict[str, object] = {}
-    else:
-        disc, disc_cov, resid, fitted, s2, df, info = _armax_ml(design, q)
+    disc, disc_cov, resid, fitted, s2, df = _ols(X, yv)
+    info: dict[str, object] = {}
     k = X.shape[1]
     phi_int = None
     if has_state:
@@ -382,8 +380,14 @@ def fit_arx(
             )
         phi_int = _phi_interval(design, float(disc[0]), float(np.sqrt(disc_cov[0, 0])))
     theta, cov = _delta(design, disc[:k], disc_cov[:k, :k], m)
+    if estimator == "ml":
+        theta, cov, resid, fitted, s2, df, info = _armax_ml(design, linear, q, theta, cov)
+        disc = np.concatenate([theta, info["ma"], [s2]])
+        disc_cov = cov
+        cov = cov[: len(theta), : len(theta)]
     if estimator == "nls":
         theta, cov, resid, fitted, s2, df = _nls(design, linear, theta, cov)
+    if estimator in ("nls", "ml"):
         if has_state:
             phi = float(np.exp(theta[0] * design.dt))
             phi_int = _phi_interval(design, phi, phi * design.dt * float(np.sqrt(cov[0, 0])))
@@ -545,59 +549,101 @@ def _psi_from(z: FloatArray) -> FloatArray:
     return -constrain_stationary_univariate(np.asarray(z, float))
 
 
-def _armax_ml(design: ARXDesign, q: int):
-    """Exact Gaussian ML of ``r = X β + u``, ``u`` MA(q), conditional on the first lags.
+def _tied(design: ARXDesign, linear: np.ndarray):
+    """``(r0(a), Z(a))``: response minus ``φ(a)`` times its lag, and the tied regressors."""
+    m = len(linear)
+    y = design.response
+    lagged = design.X[:, 0] if design.has_state else None
+    W = design.X[:, 1:] if design.has_state else design.X
 
-    ``β`` and the innovation variance are concentrated out (GLS through a banded Cholesky
-    factor of the MA correlation matrix, block diagonal over segments); the MA coefficients are
-    found by maximising the profile likelihood over an invertible parameterisation. Standard
-    errors: inverse of the numerical Hessian of the full log-likelihood in ``(β, ψ, σ²)`` (the
-    information is not block diagonal: the lagged output is correlated with past errors).
+    def parts(a: float) -> tuple[FloatArray, FloatArray]:
+        c = lag_coefficients(a, design.dt, design.order, linear)
+        total = c[-1] + c[0] + c[1] if design.order == 2 else c[0] + c[1]
+        Z = np.zeros((len(y), m))
+        for col, (j, o) in enumerate(design.columns):
+            Z[:, j] += (total[j] if j in design.const else c[o][j]) * W[:, col]
+        r0 = y - np.exp(a * design.dt) * lagged if design.has_state else y
+        return r0, Z
+
+    return parts
+
+
+def _armax_ml(design: ARXDesign, linear: np.ndarray, q: int, theta0: FloatArray, cov0: FloatArray):
+    """Exact Gaussian ML of the ARMAX with tied lags, conditional on the first lags.
+
+    ``r0(a) = Z(a) θ + u``, ``u ~ MA(q)``: for given ``(a, ψ)``, ``θ`` and the innovation
+    variance are concentrated out (GLS through a banded Cholesky factor of the MA correlation
+    matrix, block diagonal over segments); ``(a, ψ)`` maximise the profile likelihood (ψ in an
+    invertible parameterisation). Standard errors: inverse of the numerical Hessian of the full
+    log-likelihood in ``(a, θ, ψ, σ²)`` (not block diagonal: the lagged output is correlated with
+    past errors).
     """
     import scipy.optimize
     from statsmodels.tools.numdiff import approx_hess3
 
-    X, y, seg = design.X, design.response, design.seg_of_row
-    n, k = X.shape
-    V = np.column_stack([y, X])
+    parts = _tied(design, linear)
+    seg = design.seg_of_row
+    n = len(design.response)
+    has_a = design.has_state
 
-    def profile(z: FloatArray) -> tuple[float, FloatArray, float]:
+    def profile(v: FloatArray) -> tuple[float, FloatArray, float]:
+        a = float(v[0]) if has_a else 0.0
+        z = v[1:] if has_a else v
         psi = _psi_from(z)
+        r0, Z = parts(a)
         try:
-            W, logdet = _ma_whiten(psi, seg, V)
-        except np.linalg.LinAlgError:
-            return -np.inf, np.zeros(k), np.nan
-        beta, *_ = np.linalg.lstsq(W[:, 1:], W[:, 0], rcond=None)
-        e = W[:, 0] - W[:, 1:] @ beta
+            Wt, logdet = _ma_whiten(psi, seg, np.column_stack([r0, Z]))
+        except (np.linalg.LinAlgError, ValueError):
+            return -np.inf, np.zeros(Z.shape[1]), np.nan
+        th, *_ = np.linalg.lstsq(Wt[:, 1:], Wt[:, 0], rcond=None)
+        e = Wt[:, 0] - Wt[:, 1:] @ th
         s2 = float(e @ e / n)
-        return -0.5 * (n * np.log(2 * np.pi * s2) + logdet + n), beta, s2
+        if not s2 > 0:
+            return -np.inf, th, np.nan
+        return -0.5 * (n * np.log(2 * np.pi * s2) + logdet + n), th, s2
 
-    best = None
-    for z0 in ([0.0] * q, [1.0] + [0.0] * (q - 1), [-1.0] + [0.0] * (q - 1)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            opt = scipy.optimize.minimize(
-                lambda z: -profile(z)[0] / n,
-                np.asarray(z0, float),
-                method="Nelder-Mead",
-                options={"xatol": 1e-7, "fatol": 1e-12, "maxiter": 2000},
-            )
-        if best is None or opt.fun < best.fun:
-            best = opt
+    a0 = [float(theta0[0])] if has_a else []
+    # the MA part first, at the starting a (one scalar search per MA coefficient), then all
+    z0 = np.zeros(q)
+    for i in range(q):
+
+        def prof_i(zi: float, i: int = i) -> float:
+            z = z0.copy()
+            z[i] = zi
+            return -profile(np.asarray([*a0, *z]))[0] / n
+
+        z0[i] = scipy.optimize.minimize_scalar(prof_i, bounds=(-6.0, 6.0), method="bounded").x
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        best = scipy.optimize.minimize(
+            lambda v: -profile(v)[0] / n,
+            np.asarray([*a0, *z0], float),
+            method="Nelder-Mead",
+            options={"xatol": 1e-7, "fatol": 1e-12, "maxiter": 4000},
+        )
     assert best is not None
-    ll, beta, s2 = profile(best.x)
-    psi = _psi_from(best.x)
-    if np.max(np.abs(best.x)) > 8:
+    ll, th, s2 = profile(best.x)
+    if not np.isfinite(ll):
+        raise ConvergenceError("the ARMAX likelihood could not be evaluated")
+    a = float(best.x[0]) if has_a else 0.0
+    z = best.x[1:] if has_a else best.x
+    psi = _psi_from(z)
+    if np.max(np.abs(z)) > 8:
         warnings.warn(
             "the MA part of the ARMAX is at the invertibility boundary (a near-unit MA root); "
             "its standard errors may be unreliable",
             ConvergenceWarning,
             stacklevel=3,
         )
-    full = np.concatenate([beta, psi, [s2]])
+    coef = np.concatenate([[a], th]) if has_a else th
+    k = len(coef)
+    full = np.concatenate([coef, psi, [s2]])
 
     def ll_full(p: FloatArray) -> float:
-        return _ma_loglike(p[:k], p[k : k + q], float(p[k + q]), X, y, seg)
+        aa = float(p[0]) if has_a else 0.0
+        tt = p[1:k] if has_a else p[:k]
+        r0, Z = parts(aa)
+        return _ma_loglike(tt, p[k : k + q], float(p[k + q]), Z, r0, seg)
 
     H = approx_hess3(full, ll_full)
     info_m = -0.5 * (H + H.T)
@@ -612,10 +658,11 @@ def _armax_ml(design: ARXDesign, q: int):
             "the ARMAX information matrix is not positive definite: the coefficients are not "
             "identified (or the MA part is at the invertibility boundary)"
         )
-    fitted = X @ beta
-    resid = y - fitted
+    r0, Z = parts(a)
+    resid = r0 - Z @ th
+    fitted = design.response - resid
     info = {"ma": psi.tolist(), "loglike": float(ll)}
-    return full, cov, resid, fitted, s2, float(n - len(full)), info
+    return coef, cov, resid, fitted, s2, float(n - len(full)), info
 
 
 class ARIMAX(Model):
