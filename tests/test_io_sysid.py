@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +139,111 @@ def test_binary_garbage(tmp_path):
         dr.io.read_sysid(path)
 
 
-def test_wpilog_is_recognised(tmp_path):
+def _record(entry: int, timestamp: int, payload: bytes) -> bytes:
+    # WPILog record: header byte (4-byte entry id, 4-byte size, 8-byte timestamp), then fields
+    return bytes([0x3 | 0x3 << 2 | 0x7 << 4]) + struct.pack("<IIQ", entry, len(payload),
+                                                             timestamp) + payload  # fmt: skip
+
+
+def write_wpilog(path: Path, entries: dict[int, tuple[str, str, str]], data: list) -> Path:
+    """A minimal WPILog v1.0 file: start records for ``entries`` then ``(id, µs, value)``."""
+    out = bytearray(b"WPILOG" + struct.pack("<HI", 0x0100, 0))
+    for eid, strings in entries.items():
+        payload = bytes([0]) + struct.pack("<I", eid)
+        for text in strings:
+            raw = text.encode()
+            payload += struct.pack("<I", len(raw)) + raw
+        out += _record(0, 0, payload)
+    for eid, ts, value in data:
+        kind = entries[eid][1]
+        payload = struct.pack("<d", value) if kind == "double" else str(value).encode()
+        out += _record(eid, int(ts), payload)
+    path.write_bytes(bytes(out))
+    return path
+
+
+def sysid_wpilog(path: Path, motors: tuple[str, ...] = ("m",), routine: str = "shooter") -> dict:
+    """A SysIdRoutine-style WPILog of a simulated motor (kS, kV, kA) = (0.5, 2.0, 0.3):
+    state entry + voltage/position/velocity per motor, 5 ms loop, a 'none' state between tests."""
+    from derivreg.simulate import motor
+
+    sim = motor(0.5, 2.0, 0.3, dt=0.005, quasistatic_duration=6.0, tau_velocity=0.01, seed=2)
+    entries = {1: (f"sysid-test-state-{routine}", "string", "")}
+    for j, m in enumerate(motors):
+        for k, (kind, unit) in enumerate(
+            (("voltage", "Volts"), ("position", "Meters"), ("velocity", "Meters per Second"))
+        ):
+            entries[10 * (j + 1) + k] = (f"{kind}-{m}-{routine}", "double", unit)
+    names = {
+        "slow-forward": "quasistatic-forward",
+        "slow-backward": "quasistatic-reverse",
+        "fast-forward": "dynamic-forward",
+        "fast-backward": "dynamic-reverse",
+    }
+    data, clock = [], 1_000_000
+    for test, part in sim.groupby("test", sort=False):
+        stamps = clock + np.round(part["t"].to_numpy() * 1e6).astype(int)
+        data.append((1, stamps[0], names[test]))
+        for ts, row in zip(stamps, part.itertuples(), strict=True):
+            for j in range(len(motors)):
+                data += [
+                    (10 * (j + 1), ts, row.u),
+                    (10 * (j + 1) + 1, ts, row.x),
+                    (10 * (j + 1) + 2, ts, row.v),
+                ]
+        data.append((1, stamps[-1] + 5000, "none"))
+        clock = stamps[-1] + 2_000_000
+    write_wpilog(path, entries, data)
+    return {"sim": sim}
+
+
+def test_wpilog_without_robotpy_wpiutil_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wpiutil", None)
+    monkeypatch.setitem(sys.modules, "wpiutil.log", None)
     path = tmp_path / "log.wpilog"
     path.write_bytes(b"WPILOG\x00\x01" + bytes(20))
-    with pytest.raises(MethodNotAvailableError, match="WPILog"):
+    with pytest.raises(MethodNotAvailableError, match="robotpy-wpiutil"):
+        dr.io.read_sysid(path)
+
+
+def test_wpilog_sysid_routine_round_trip(tmp_path):
+    """A SysIdRoutine WPILog (written here in the WPILog v1.0 format) reads into the same frame
+    as a JSON log and characterises to the simulated gains."""
+    pytest.importorskip("wpiutil.log")
+    doc = sysid_wpilog(tmp_path / "r.wpilog")
+    log = dr.io.read_sysid(tmp_path / "r.wpilog")
+    assert log.attrs["format"] == "wpilog" and log.attrs["routine"] == "shooter"
+    assert log.attrs["units"] == "Meters" and log.attrs["mechanism"] == "simple"
+    assert list(pd.unique(log["test"])) == list(TESTS)
+    sim = doc["sim"]
+    for test in TESTS:
+        part, ref = log[log["test"] == test], sim[sim["test"] == test]
+        assert len(part) == len(ref)
+        np.testing.assert_allclose(part["velocity"], ref["v"])
+        np.testing.assert_allclose(part["time"] - part["time"].iloc[0], ref["t"], atol=1e-6)
+    ch = dr.characterize(log, method="auto")
+    np.testing.assert_allclose(ch.gains["estimate"], [0.5, 2.0, 0.3], rtol=0.05)
+
+
+def test_wpilog_drivetrain_sides_and_ambiguity(tmp_path):
+    pytest.importorskip("wpiutil.log")
+    path = tmp_path / "d.wpilog"
+    sysid_wpilog(path, motors=("drive-right", "drive-left"), routine="drive")
+    log = dr.io.read_sysid(path, mechanism="Drivetrain")
+    assert log.attrs["motors"] == ["drive-left", "drive-right"]
+    assert set(log["side"]) == {"left", "right"}
+    with pytest.raises(SysIdLogError, match="several motors"):
+        dr.io.read_sysid(path)
+    one = dr.io.read_sysid(path, motor="drive-left")
+    assert "side" not in one.columns
+    with pytest.raises(SysIdLogError, match="no SysId routine"):
+        dr.io.read_sysid(path, routine="arm")
+
+
+def test_wpilog_that_is_not_sysid(tmp_path):
+    pytest.importorskip("wpiutil.log")
+    path = write_wpilog(tmp_path / "x.wpilog", {1: ("battery", "double", "")}, [(1, 10, 12.0)])
+    with pytest.raises(SysIdLogError, match="not a SysId WPILog"):
         dr.io.read_sysid(path)
 
 

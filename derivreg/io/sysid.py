@@ -14,9 +14,10 @@ Simple/Elevator/Arm and ``[t, V_left, V_right, pos_left, pos_right, vel_left, ve
 angular_rate]`` for drivetrains. Positions and velocities are logged in rotations and multiplied
 by ``unitsPerRotation``.
 
-Newer SysId versions write binary WPILog files. They can be decoded with the ``wpiutil.log``
-module of the PyPI package ``robotpy-wpiutil`` (``DataLogReader``); derivreg does not convert
-them to a SysId frame yet and says so with :class:`~derivreg.exceptions.MethodNotAvailableError`.
+Newer SysId versions write binary WPILog files (entries ``sysid-test-state-<routine>``,
+``voltage-<motor>-<routine>``, ``position-…``, ``velocity-…``). They are decoded with
+``wpiutil.log.DataLogReader`` from the optional PyPI package ``robotpy-wpiutil`` (maintained by
+RobotPy); without it, reading one raises :class:`~derivreg.exceptions.MethodNotAvailableError`.
 """
 
 from __future__ import annotations
@@ -163,25 +164,173 @@ def sysid_frame(raw: dict[str, Any], source: str = "<dict>") -> pd.DataFrame:
     return out
 
 
-def _read_wpilog(path: str) -> pd.DataFrame:
+_WPILOG_STATES = {
+    "quasistatic-forward": "slow-forward",
+    "quasistatic-reverse": "slow-backward",
+    "dynamic-forward": "fast-forward",
+    "dynamic-reverse": "fast-backward",
+}
+_STATE_PREFIX = "sysid-test-state-"
+
+
+def _wpilog_entries(path: str) -> dict[str, dict[str, Any]]:
+    """All entries of a WPILog file: name -> {type, metadata, t (µs), values}."""
     try:
-        import wpiutil.log  # noqa: F401
+        from wpiutil.log import DataLogReader
     except ImportError:
         raise MethodNotAvailableError(
             f"{path} is a binary WPILog file; reading it needs the optional package "
-            "'robotpy-wpiutil' (pip install robotpy-wpiutil), and derivreg does not yet convert "
-            "its SysId entries to a characterisation frame. Export the tests to a legacy JSON "
-            "log, or build the frame yourself (columns test, time, voltage, position, velocity)."
+            "'robotpy-wpiutil' (pip install robotpy-wpiutil). Or export the tests to a legacy "
+            "JSON log, or build the frame yourself (columns test, time, voltage, position, "
+            "velocity)."
         ) from None
-    raise MethodNotAvailableError(
-        f"{path} is a binary WPILog file; robotpy-wpiutil is installed and can decode it "
-        "(wpiutil.log.DataLogReader), but derivreg does not yet convert its 'sysid-test-state' "
-        "entries to a characterisation frame. Build the frame yourself (columns test, time, "
-        "voltage, position, velocity) and pass it to dr.characterize."
+    reader = DataLogReader(path)
+    if not reader.isValid():
+        raise SysIdLogError(f"{path}: not a valid WPILog file")
+    by_id: dict[int, dict[str, Any]] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for rec in reader:
+        if rec.isStart():
+            d = rec.getStartData()
+            info = entries.setdefault(
+                d.name, {"type": d.type, "metadata": d.metadata, "t": [], "values": []}
+            )
+            by_id[d.entry] = info
+        elif not rec.isControl():
+            info = by_id.get(rec.getEntry())
+            if info is None:
+                continue
+            if info["type"] == "double":
+                value: Any = rec.getDouble()
+            elif info["type"] == "string":
+                value = rec.getString()
+            else:
+                continue
+            info["t"].append(rec.getTimestamp())
+            info["values"].append(value)
+    return entries
+
+
+def _asof(t_src: np.ndarray, y_src: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The latest sample of ``y_src`` at or before each time ``t`` (NaN before the first)."""
+    order = np.argsort(t_src, kind="stable")
+    t_src, y_src = t_src[order], y_src[order]
+    pos = np.searchsorted(t_src, t, side="right") - 1
+    out = np.full(len(t), np.nan)
+    ok = pos >= 0
+    out[ok] = y_src[pos[ok]]
+    return out
+
+
+def _read_wpilog(
+    path: str, mechanism: str | None, routine: str | None, motor: str | None
+) -> pd.DataFrame:
+    """Convert a SysId WPILog (``sysid-test-state-<routine>``, ``voltage-<motor>-<routine>``,
+    ``position-…``, ``velocity-…``) to the tidy frame; values are in the logged units."""
+    entries = _wpilog_entries(path)
+    routines = sorted(n[len(_STATE_PREFIX) :] for n in entries if n.startswith(_STATE_PREFIX))
+    if not routines:
+        raise SysIdLogError(f"{path}: no '{_STATE_PREFIX}<routine>' entry: not a SysId WPILog")
+    if routine is None:
+        if len(routines) > 1:
+            raise SysIdLogError(f"{path}: several SysId routines {routines}; pass routine=")
+        routine = routines[0]
+    elif routine not in routines:
+        raise SysIdLogError(f"{path}: no SysId routine {routine!r}; found {routines}")
+    suffix = f"-{routine}"
+    kinds = ("voltage", "position", "velocity")
+    found: dict[str, set[str]] = {k: set() for k in kinds}
+    for name in entries:
+        for k in kinds:
+            if name.startswith(f"{k}-") and name.endswith(suffix) and entries[name]["t"]:
+                found[k].add(name[len(k) + 1 : -len(suffix)])
+    motors = sorted(found["voltage"] & found["position"] & found["velocity"])
+    if not motors:
+        raise SysIdLogError(
+            f"{path}: routine {routine!r} has no motor with voltage, position and velocity "
+            f"entries (voltage-<motor>{suffix}, ...)"
+        )
+    mech = MECHANISMS.get(mechanism or "simple", mechanism or "simple")
+    if mech not in MECHANISMS.values():
+        raise SysIdLogError(f"unknown mechanism {mech!r}; use one of {list(MECHANISMS.values())}")
+    if mech == "drivetrain-angular":
+        raise MethodNotAvailableError(
+            "angular drivetrain tests need gyro entries, which SysId WPILogs do not standardise"
+        )
+    if motor is not None:
+        if motor not in motors:
+            raise SysIdLogError(f"{path}: no motor {motor!r} in routine {routine!r}; {motors}")
+        sides: list[tuple[str | None, str]] = [(None, motor)]
+    elif mech == "drivetrain":
+        if len(motors) != 2:
+            raise SysIdLogError(f"{path}: a drivetrain needs two motors (sides), found {motors}")
+        ordered = sorted(motors, key=lambda m: (0 if "left" in m.lower() else 1, m))
+        sides = [("left", ordered[0]), ("right", ordered[1])]
+    elif len(motors) == 1:
+        sides = [(None, motors[0])]
+    else:
+        raise SysIdLogError(f"{path}: several motors {motors} in routine {routine!r}; pass motor=")
+
+    state = entries[_STATE_PREFIX + routine]
+    st_t = np.asarray(state["t"], dtype=float)
+    order = np.argsort(st_t, kind="stable")
+    st_t, st_v = st_t[order], [state["values"][i] for i in order]
+    windows: dict[str, tuple[float, float]] = {}
+    for i, name in enumerate(st_v):
+        if name in _WPILOG_STATES:  # a repeated test: the last run wins
+            stop = st_t[i + 1] if i + 1 < len(st_t) else np.inf
+            windows[_WPILOG_STATES[name]] = (st_t[i], stop)
+    missing = [t for t in TESTS if t not in windows]
+    if missing:
+        raise SysIdLogError(f"{path}: routine {routine!r} lacks the tests {missing}")
+    frames = []
+    for test in TESTS:
+        lo, hi = windows[test]
+        for side, m in sides:
+            e = {k: entries[f"{k}-{m}{suffix}"] for k in kinds}
+            tv = np.asarray(e["voltage"]["t"], dtype=float)
+            sel = (tv >= lo) & (tv < hi)
+            t = tv[sel]
+            frame: dict[str, Any] = {"test": test}
+            if side is not None:
+                frame["side"] = side
+            frame["time"] = t * 1e-6
+            frame["voltage"] = np.asarray(e["voltage"]["values"], dtype=float)[sel]
+            for k in ("position", "velocity"):
+                src_t = np.asarray(e[k]["t"], dtype=float)
+                frame[k] = _asof(src_t, np.asarray(e[k]["values"], dtype=float), t)
+            part = pd.DataFrame(frame).dropna()
+            part = part[~part["time"].duplicated(keep="last")]
+            if len(part) < 2:
+                raise SysIdLogError(f"{path}: test {test!r} of motor {m!r} has no samples")
+            frames.append(part)
+    out = pd.concat(frames, ignore_index=True)
+    out["test"] = out["test"].astype(object)
+    first = f"position-{sides[0][1]}{suffix}"
+    units = str(entries[first]["metadata"]).strip() or "Rotations"
+    test_type = {v: k for k, v in MECHANISMS.items()}[mech]
+    out.attrs.update(
+        {
+            "mechanism": mech,
+            "test_type": test_type,
+            "units": units,
+            "unitsPerRotation": 1.0,
+            "source": path,
+            "format": "wpilog",
+            "routine": routine,
+            "motors": [m for _, m in sides],
+        }
     )
+    return out
 
 
-def read_sysid(path: str | os.PathLike[str]) -> pd.DataFrame:
+def read_sysid(
+    path: str | os.PathLike[str],
+    *,
+    mechanism: str | None = None,
+    routine: str | None = None,
+    motor: str | None = None,
+) -> pd.DataFrame:
     """Read a WPILib SysId log into a tidy DataFrame, one segment per test (and drivetrain side).
 
     The model SysId fits to these logs is ``u = kS·sgn(v) + kV·v + kA·a`` (+ ``kG`` for an
@@ -190,8 +339,18 @@ def read_sysid(path: str | os.PathLike[str]) -> pd.DataFrame:
     Parameters
     ----------
     path : str or path-like
-        A legacy SysId JSON log (``sysid_data*.json``). Binary WPILog files are recognised and
-        rejected with :class:`~derivreg.exceptions.MethodNotAvailableError` (not converted yet).
+        A legacy SysId JSON log (``sysid_data*.json``), or a binary WPILog file written by
+        WPILib's ``SysIdRoutine`` (needs the optional package ``robotpy-wpiutil``).
+    mechanism : str, optional
+        WPILog only (the file does not say): ``simple`` (default), ``elevator``, ``arm`` or
+        ``drivetrain`` (two motors become the sides, a motor named ``*left*`` first).
+    routine, motor : str, optional
+        WPILog only: which ``sysid-test-state-<routine>`` and which motor's
+        ``voltage-<motor>-<routine>``/``position-…``/``velocity-…`` entries to read, when the
+        file holds several. Samples are aligned on the voltage's time stamps (the latest
+        position and velocity at or before each); positions and velocities are in the units of
+        the position entry's metadata (``unitsPerRotation`` is 1); a test run several times
+        keeps its last run.
 
     Returns
     -------
@@ -211,7 +370,7 @@ def read_sysid(path: str | os.PathLike[str]) -> pd.DataFrame:
         The file is not JSON, is not a SysId log (``"sysid"`` not true), lacks keys, has an
         unknown test type or malformed rows.
     MethodNotAvailableError
-        The file is a binary WPILog.
+        The file is a binary WPILog and ``robotpy-wpiutil`` is not installed.
     FileNotFoundError
         The file does not exist.
     """
@@ -219,7 +378,7 @@ def read_sysid(path: str | os.PathLike[str]) -> pd.DataFrame:
     with open(p, "rb") as fh:
         head = fh.read(len(_WPILOG_MAGIC))
         if head == _WPILOG_MAGIC:
-            return _read_wpilog(str(p))
+            return _read_wpilog(str(p), mechanism, routine, motor)
         text = head + fh.read()
     try:
         raw = json.loads(text.decode("utf-8"))
