@@ -208,7 +208,7 @@ class GaussianProcess(Preprocessor):
         noise_var: float | None = None,
         max_points: int = 5000,
         n_restarts: int = 3,
-        opt_points: int = 1000,
+        opt_points: int = 500,
         hyperparameter_uncertainty: bool = True,
     ) -> None:
         self.kernel = kernel
