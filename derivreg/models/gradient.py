@@ -13,6 +13,9 @@ that attenuation, ``bias ≈ -n (XᵀX)⁻¹ diag(ν) θ̂`` with ``ν_j`` the n
 ``j``, and warns with :class:`~derivreg.exceptions.BiasWarning` when it exceeds half a standard
 error.
 
+Inputs under ``input_hold="zoh"`` enter as the mean of the held values on both sides of each
+sample, ``(u_{k-1} + u_k)/2``, which is what a symmetric derivative estimate sees.
+
 Supplying known derivatives: ``derivative={"d(x)": array_or_column}`` (arrays on the caller's
 rows). The fit is then exactly OLS on those arrays.
 """
@@ -28,7 +31,13 @@ import pandas as pd
 
 from derivreg._typing import FloatArray
 from derivreg.covariance import system_cov
-from derivreg.exceptions import BiasWarning, DataError, LengthMismatchError, TooFewPointsError
+from derivreg.exceptions import (
+    BiasWarning,
+    DataError,
+    LengthMismatchError,
+    MethodNotAvailableError,
+    TooFewPointsError,
+)
 from derivreg.formula import derivative_label
 from derivreg.models.base import Model, resolve_preprocessor
 from derivreg.results import DiffRegResults
@@ -63,8 +72,8 @@ class GradientOLS(Model):
     noise_model: ClassVar[str] = (
         "derivative-estimate error (autocorrelated, HAC); regressors taken as exact"
     )
-    cov_types: ClassVar[tuple[str, ...]] = ("HAC", "nonrobust", "HC0", "HC1")
-    default_cov_type: ClassVar[str] = "HAC"
+    cov_types: ClassVar[tuple[str, ...]] = ("sandwich", "HAC", "nonrobust", "HC0", "HC1")
+    default_cov_type: ClassVar[str] = "sandwich"
     option_defaults: ClassVar[dict[str, Any]] = {
         "derivative": "auto",
         "derivative_options": None,
@@ -126,6 +135,26 @@ class GradientOLS(Model):
                     se[(v, k)] = None if s is None else s[:, j]
         return est, se
 
+    def _held_inputs(self) -> dict[tuple[str, int], FloatArray]:
+        """Inputs as a symmetric derivative estimate sees them under a zero-order hold.
+
+        A held input jumps at the sample times; a central estimate of ``x'(t_k)`` averages the
+        relation over the intervals on both sides, where the input is ``u_{k-1}`` and ``u_k``.
+        The matching regressor is the local mean ``(u_{k-1} + u_k) / 2`` (exact for the central
+        difference; without it the input enters half a sample late and every coefficient is
+        biased).
+        """
+        out: dict[tuple[str, int], FloatArray] = {}
+        for c in self.spec.exogenous:
+            u = self.column(c)
+            avg = u.copy()
+            for pos in self.data.segments:
+                seg = u[pos]
+                shifted = np.concatenate([seg[:1], seg[:-1]])
+                avg[pos] = 0.5 * (seg + shifted)
+            out[(c, 0)] = avg
+        return out
+
     # ------------------------------------------------------------------ fit
     def _fit(self, cov_type: str, maxlags: int | None = None, **kwargs: Any) -> DiffRegResults:
         if kwargs:
@@ -141,6 +170,8 @@ class GradientOLS(Model):
             derivs, ses = self._estimated()
             deriv_name = self.derivative_note_
         values: dict[tuple[str, int], FloatArray] = {**self.columns_dict(), **derivs}
+        if self.input_hold == "zoh" and not supplied:
+            values.update(self._held_inputs())
         n = sd.nobs
         ys = [values[(eq.response, eq.order)] for eq in self.spec.equations]
         Xs = [eq.design(values, n) for eq in self.spec.equations]
@@ -165,9 +196,19 @@ class GradientOLS(Model):
             X_b.append(Xr)
             fitted.append(Xr @ beta)
         theta = np.concatenate(params)
-        cov, details = system_cov(
-            X_b, resid_b, cov_type, segments=segs, maxlags=maxlags or self.options["maxlags"]
-        )
+        details: dict[str, Any] = {}
+        if cov_type == "sandwich":
+            omega = None if supplied else self._derivative_omega(rows, theta)
+            if omega is None:
+                cov_type = "HAC"
+                details["cov_note"] = "HAC (the derivative estimator has no covariance)"
+            else:
+                cov = self._sandwich(X_b, omega)
+        if cov_type != "sandwich":
+            cov, more = system_cov(
+                X_b, resid_b, cov_type, segments=segs, maxlags=maxlags or self.options["maxlags"]
+            )
+            details.update(more)
         bse = np.sqrt(np.clip(np.diag(cov), 0, None))
         if not supplied:
             self._bias_check(theta, bse, X_b, rows, values, ses)
@@ -186,6 +227,8 @@ class GradientOLS(Model):
         info: dict[str, Any] = {"derivative": deriv_name}
         if "maxlags" in details:
             info["HAC maxlags"] = details["maxlags"]
+        if "cov_note" in details:
+            info["covariance"] = details["cov_note"]
         return self.make_results(
             theta,
             cov,
@@ -196,6 +239,73 @@ class GradientOLS(Model):
             diagnostics=diag,
             info=info,
         )
+
+    # ------------------------------------------------------------------ covariance
+    def _derivative_omega(
+        self, rows: np.ndarray, theta: FloatArray
+    ) -> list[list[FloatArray]] | None:
+        """Covariance of each equation's residual, per segment, on ``rows``.
+
+        ``r = ε_p - Σ_j θ_j ε_j``: the left-hand derivative error ``ε_p`` (covariance from the
+        preprocessor: ``W R Wᵀ`` for differences, the posterior covariance for spline / Kalman /
+        GP), plus the errors of the noisy regressors — measured levels (white, variance by the
+        median difference estimator) and estimated lower derivatives (their covariance from the
+        preprocessor). Cross-covariances between ``ε_p`` and a level's noise vanish for symmetric
+        estimators (odd-derivative weights are antisymmetric) and are neglected; those between
+        two derivative estimates are neglected too. Cross-equation blocks are zero.
+        """
+        from derivreg.diagnostics import robust_noise_variance
+
+        pre = getattr(self, "preprocessor_", None)
+        if pre is None:
+            return None
+        cols = list(pre.data_.columns)
+        out: list[list[FloatArray]] = []
+        start = 0
+        for eq in self.spec.equations:
+            th = theta[start : start + len(eq.terms)]
+            start += len(eq.terms)
+            per_seg = []
+            for i, pos in enumerate(self.data.segments):
+                keep = np.isin(pos, rows)
+                t_seg = self.data.t[pos]
+                try:
+                    C = np.asarray(
+                        pre.derivative_cov(eq.order, column=cols.index(eq.response), segment=i),
+                        dtype=float,
+                    ).copy()
+                    for coef, term in zip(th, eq.terms, strict=True):
+                        if term.kind != "state" or term.var is None or term.order is None:
+                            continue
+                        if term.order == 0:
+                            r = robust_noise_variance(t_seg, self.column(term.var)[pos])
+                            C[np.diag_indices_from(C)] += coef**2 * r
+                        else:
+                            Cj = pre.derivative_cov(
+                                term.order, column=cols.index(term.var), segment=i
+                            )
+                            C += coef**2 * np.asarray(Cj, dtype=float)
+                except (MethodNotAvailableError, NotImplementedError):
+                    return None
+                per_seg.append(C[np.ix_(keep, keep)])
+            out.append(per_seg)
+        return out
+
+    def _sandwich(self, X_b: list[FloatArray], omega: list[list[FloatArray]]) -> FloatArray:
+        """``B Xᵀ Ω X B``, ``B = blockdiag((X_iᵀX_i)⁻¹)``, ``Ω`` block-diagonal by segment."""
+        ks = [X.shape[1] for X in X_b]
+        offs = np.cumsum([0, *ks])
+        K = int(offs[-1])
+        B = np.zeros((K, K))
+        meat = np.zeros((K, K))
+        for e, X in enumerate(X_b):
+            B[offs[e] : offs[e + 1], offs[e] : offs[e + 1]] = np.linalg.pinv(X.T @ X)
+            start = 0
+            for C in omega[e]:
+                Xs = X[start : start + len(C)]
+                start += len(C)
+                meat[offs[e] : offs[e + 1], offs[e] : offs[e + 1]] += Xs.T @ C @ Xs
+        return B @ meat @ B
 
     # ------------------------------------------------------------------ errors in variables
     def _noise_var(self, key: tuple[str, int], values: FloatArray, se: Any) -> float:
