@@ -101,7 +101,7 @@ def test_noise_free_smooth_signal_recovers_derivatives() -> None:
 
 
 def test_noisy_signal_beats_differencing(rng: np.random.Generator) -> None:
-    t = np.linspace(0, 4, 401)
+    t = np.linspace(0, 4, 201)
     x = np.sin(2 * np.pi * t) + np.sin(2 * np.pi * 1.7 * t)
     dx = 2 * np.pi * np.cos(2 * np.pi * t) + 2 * np.pi * 1.7 * np.cos(2 * np.pi * 1.7 * t)
     y = x + rng.normal(0, 0.1, t.size)
