@@ -625,7 +625,7 @@ class SmoothingSearch:
             lambda x: self.evaluate(float(x), criterion, r, q, step)[0],
             bounds=(a, b),
             method="bounded",
-            options={"xatol": 0.005},
+            options={"xatol": 0.01 if long else 0.005},
         )
         if res.fun <= self.evaluate(best_x, criterion, r, q, step)[0]:
             x_opt = float(res.x)

@@ -89,6 +89,10 @@ class KalmanSmoother(Preprocessor):
     def fit(self, data: Any, **kwargs: Any) -> KalmanSmoother:  # type: ignore[override]
         self._check_params()
         super().fit(data, **kwargs)
+        self._finish_fit()
+        return self
+
+    def _finish_fit(self) -> None:
         m = int(self.order)
         per: dict[str, Any] = {}
         for (j, i), st in self.states_.items():
@@ -115,7 +119,6 @@ class KalmanSmoother(Preprocessor):
         self.info_ = {"method": self.name, "series": per}
         if len(per) == 1:
             self.info_.update(next(iter(per.values())))
-        return self
 
     def _fit_1d(self, t: FloatArray, y: FloatArray) -> IRWState:
         return fit_irw(t, y, int(self.order), criterion="reml", r=self.r, q=self.q)

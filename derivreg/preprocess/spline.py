@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from numpy.polynomial import Polynomial
+from numpy.polynomial import Legendre, Polynomial
 from scipy.linalg import cho_solve_banded
 
 from derivreg._typing import FloatArray
@@ -42,6 +42,8 @@ __all__ = ["IRWState", "SmoothingSpline", "fit_irw", "irw_derivative"]
 
 #: largest number of points for which the full covariance of a derivative estimate is formed
 _MAX_COV_POINTS = 20_000
+#: series at least this long are fitted with one BLAS thread (the switch costs milliseconds)
+_ONE_THREAD_FROM = 50_000
 
 
 @dataclass
@@ -73,7 +75,12 @@ def _detrend(
     """
     obs = w > 0
     deg = min(m - 1, int(obs.sum()) - 1)
-    poly = Polynomial.fit(tau[obs], y[obs], deg)
+    lo, hi = float(tau[0]), float(tau[-1])
+    x = (2.0 * tau - (lo + hi)) / (hi - lo) if hi > lo else np.zeros_like(tau)
+    # normal equations on [-1, 1] in the Legendre basis (well conditioned, O(n) for 10^6 points)
+    basis = np.polynomial.legendre.legvander(x[obs], deg)
+    coef = np.linalg.solve(basis.T @ basis, basis.T @ y[obs])
+    poly = Legendre(coef, domain=[lo, hi] if hi > lo else [lo, lo + 1.0]).convert(kind=Polynomial)
     resid = np.where(obs, y - poly(tau), 0.0)
     scale = float(np.sqrt(np.mean(resid[obs] ** 2)))
     if not np.isfinite(scale) or scale == 0.0:
@@ -130,6 +137,16 @@ def selection_for(state: IRWState, m: int) -> Selection:
         raise TooFewPointsError(
             f"the penalty-order-{m} spline needs at least {m + 2} observed points"
         )
+    if len(state.tau) >= _ONE_THREAD_FROM:
+        # banded LAPACK/BLAS gain nothing from threads here; idle spinning threads cost ~2x CPU
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):
+            return _select(state, m)
+    return _select(state, m)
+
+
+def _select(state: IRWState, m: int) -> Selection:
     search = SmoothingSearch(state.tau, state.z, state.w, m)
     unit = state.h ** (2 * m - 1)  # lam_tau = lam_t / h^(2m-1); q_tau = q_t * h^(2m-1)
     s2 = state.scale**2
@@ -277,8 +294,11 @@ class SmoothingSpline(Preprocessor):
     def fit(self, data: Any, **kwargs: Any) -> SmoothingSpline:  # type: ignore[override]
         self._check_params()
         super().fit(data, **kwargs)
-        self._update_info(self._m_for(1))
+        self._finish_fit()
         return self
+
+    def _finish_fit(self) -> None:
+        self._update_info(self._m_for(1))
 
     def _update_info(self, m: int) -> None:
         per = {}
