@@ -293,8 +293,9 @@ def delta_method(
 
     Returns
     -------
-    value : Series (or float for a scalar ``g`` without names)
-    cov : DataFrame (or float)
+    value : Series when outputs are labelled (dict/Series result, ``names``, or Series params
+        with an array result); float for a scalar ``g``; else ndarray
+    cov : DataFrame, float or ndarray accordingly
     """
     is_series = isinstance(params, pd.Series)
     x = np.asarray(params, dtype=float).copy()
@@ -331,6 +332,8 @@ def delta_method(
         out_names = [str(n) for n in names]
     if out_names is None and g0.size == 1 and np.ndim(raw) == 0:
         return float(g0[0]), float(C[0, 0])
+    if out_names is None and not is_series:
+        return g0, C
     if out_names is None:
         out_names = [f"g{i}" for i in range(g0.size)]
     return pd.Series(g0, index=out_names), pd.DataFrame(C, index=out_names, columns=out_names)
