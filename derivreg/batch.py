@@ -30,6 +30,7 @@ import math
 import multiprocessing as mp
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -215,15 +216,37 @@ def group_codes(frame: pd.DataFrame, by: Sequence[str]) -> np.ndarray:
     return frame.groupby(list(by), sort=True, dropna=False, observed=True).ngroup().to_numpy()
 
 
+def _sorted_offsets(df: pd.DataFrame, by: Sequence[str]) -> np.ndarray | None:
+    """Group offsets when one numeric key column is already sorted (the usual panel), else None.
+
+    Saves the factorisation and sort of the general path: the groups are the runs of equal keys.
+    """
+    if len(by) != 1 or len(df) == 0:
+        return None
+    col = df[by[0]]
+    if not pd.api.types.is_numeric_dtype(col) or not isinstance(col.dtype, np.dtype):
+        return None
+    values = col.to_numpy()
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        return None
+    if not bool(np.all(values[1:] >= values[:-1])):
+        return None
+    starts = np.flatnonzero(values[1:] != values[:-1]) + 1
+    return np.concatenate([[0], starts, [len(values)]]).astype(np.int64)
+
+
 def _make_plan(df: pd.DataFrame, by: list[str], columns: Sequence[str], use_index: bool) -> _Plan:
-    codes = group_codes(df, by)
-    identity = bool(np.all(codes[1:] >= codes[:-1]))  # rows already in group order
-    order = None if identity else np.argsort(codes, kind="stable")
-    sorted_codes = codes if order is None else codes[order]
-    ngroups = int(sorted_codes[-1]) + 1 if len(sorted_codes) else 0
-    counts = np.bincount(sorted_codes, minlength=ngroups)
-    offsets = np.zeros(ngroups + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    offsets = _sorted_offsets(df, by)
+    order = None
+    if offsets is None:
+        codes = group_codes(df, by)
+        if not bool(np.all(codes[1:] >= codes[:-1])):  # rows not yet in group order
+            order = np.argsort(codes, kind="stable")
+        sorted_codes = codes if order is None else codes[order]
+        ngroups = int(sorted_codes[-1]) + 1 if len(sorted_codes) else 0
+        counts = np.bincount(sorted_codes, minlength=ngroups)
+        offsets = np.zeros(ngroups + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
     first = offsets[:-1] if order is None else order[offsets[:-1]]
     keys = df[by].iloc[first].reset_index(drop=True)
     arrays: dict[str, np.ndarray] = {}
@@ -366,10 +389,24 @@ def _group_frame(spec: _Spec, payload: _Payload, i: int) -> pd.DataFrame:
     return pd.DataFrame(data, index=index, copy=False)
 
 
+#: Recording warnings (``warnings.catch_warnings``) changes process-wide state, so fits that
+#: record them must not overlap in threads (a dask worker with several threads): one at a time.
+_FIT_LOCK = threading.Lock()
+
+
+def _new_fit_lock() -> None:  # a child forked while another thread held the lock must not hang
+    global _FIT_LOCK
+    _FIT_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_fit_lock)
+
+
 def _fit_one(spec: _Spec, frame: pd.DataFrame, group: int, out: ChunkResult) -> None:
     from derivreg.api import fit
 
-    with warnings.catch_warnings(record=True) as caught:
+    with _FIT_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             res = fit(
@@ -566,20 +603,41 @@ def _vector_plan(
     return vector, ""
 
 
-def _state_integral(t: np.ndarray, g: np.ndarray, rule: str) -> np.ndarray:
+def _simpson_regular(g: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """scipy's cumulative Simpson rule on regular grids (row steps ``d``, shape (G, 1)), 0 first.
+
+    Interval ``i`` is integrated with the quadratic through ``i, i+1, i+2`` when ``i`` is even
+    and through ``i-1, i, i+1`` when ``i`` is odd or last — the layout of
+    ``scipy.integrate.cumulative_simpson`` — without its copies.
+    """
+    G, n = g.shape
+    out = np.zeros((G, n))
+    if n < 3:
+        out[:, 1:] = np.cumsum(d * (g[:, 1:] + g[:, :-1]) / 2.0, axis=1)
+        return out
+    c = d / 3.0
+    sub = np.empty((G, n - 1))
+    a, b, e = g[:, 0 : n - 2 : 2], g[:, 1 : n - 1 : 2], g[:, 2:n:2]
+    sub[:, 0 : n - 2 : 2] = c * (5.0 * a / 4.0 + 2.0 * b - e / 4.0)
+    sub[:, 1 : n - 1 : 2] = c * (5.0 * e / 4.0 + 2.0 * b - a / 4.0)[:, : (n - 1) // 2]
+    sub[:, n - 2] = c[:, 0] * (5.0 * g[:, n - 1] / 4.0 + 2.0 * g[:, n - 2] - g[:, n - 3] / 4.0)
+    np.cumsum(sub, axis=1, out=out[:, 1:])
+    return out
+
+
+def _state_integral(t: np.ndarray, h: np.ndarray, g: np.ndarray, rule: str) -> np.ndarray:
     """Cumulative integral of each row of ``g`` over ``t`` (same rule as the integral form).
 
-    Rows on regular grids use scipy's equal-interval Simpson formula with each row's step (the
-    unequal-interval formula reduces to it, to rounding, and costs three times as much).
+    On regular grids Simpson's rule uses the equal-interval formula with each row's step (the
+    unequal-interval formula scipy applies for ``x=`` reduces to it, to rounding).
     """
     from scipy.integrate import cumulative_simpson, cumulative_trapezoid
 
     if rule != "simpson":
         return cumulative_trapezoid(g, x=t, axis=1, initial=0.0)
-    h = np.diff(t, axis=1)
     step = h[:, :1]
     if np.all(np.abs(h - step) <= 1e-9 * np.abs(step)):
-        return cumulative_simpson(g, dx=step, axis=1, initial=0.0)
+        return _simpson_regular(g, step)
     return cumulative_simpson(g, x=t, axis=1, initial=0.0)
 
 
@@ -596,7 +654,7 @@ def _vector_design(v: _Vector, t: np.ndarray, cols: dict[str, np.ndarray]):
                 continue
             g = cols[var]  # type: ignore[index]
             if kind == "state":
-                X[:, j] = _state_integral(t, g, v.rule)
+                X[:, j] = _state_integral(t, h, g, v.rule)
                 continue
             if v.hold == "linear":
                 step = g[:, :-1] * h + (g[:, 1:] - g[:, :-1]) * h / 2.0
