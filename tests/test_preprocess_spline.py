@@ -240,6 +240,14 @@ def test_linear_in_data_and_shift_invariant(a: float, b: float, shift: float, se
     np.testing.assert_allclose(d(y1, t + shift), d(y1, t), atol=1e-7 * scale)
 
 
+def test_exact_polynomial_data_have_zero_standard_error() -> None:
+    t = np.arange(30.0)
+    for y in (np.zeros(30), 2.0 - 0.5 * t):
+        est, se = pp.derivative(y, method="spline", time=t, return_se=True)
+        np.testing.assert_allclose(est, np.gradient(y, t), atol=1e-12)
+        np.testing.assert_allclose(se, 0.0, atol=1e-12)
+
+
 def test_bad_inputs_raise_derivreg_errors() -> None:
     t = np.arange(20.0)
     y = np.sin(t)

@@ -14,7 +14,10 @@ natural smoothing spline of penalty order ``m`` with ``lam = r / q``; the smooth
 covariance gives pointwise SEs of ``f, ..., f^(m-1)``. Missing values (NaN) are skipped by the
 likelihood and still get smoothed estimates. The smoother is computed in O(n) by the banded
 solver shared with :mod:`derivreg.preprocess.spline` (not a Python-loop Kalman filter, which
-would take minutes at 10^6 points); the result is the Rauch-Tung-Striebel smoother's.
+would take minutes at 10^6 points); the result is the Rauch-Tung-Striebel smoother's and the
+likelihood equals statsmodels' exact diffuse likelihood up to a constant (tested). Limit: the
+banded information form loses digits when the signal exceeds the noise by ~1e5 in amplitude
+(see :mod:`derivreg.preprocess._banded`); statsmodels' covariance form does not.
 """
 
 from __future__ import annotations

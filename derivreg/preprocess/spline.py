@@ -152,7 +152,11 @@ def _select(state: IRWState, m: int) -> Selection:
     s2 = state.scale**2
     r = None if state.r_fixed is None else state.r_fixed / s2
     q = None if state.q_fixed is None else state.q_fixed * unit / s2
-    if state.lam_t is not None:
+    if not np.any(state.z):
+        # the data are exactly a polynomial of degree < m: any lam reproduces them, no noise
+        sel = search.fixed(1.0 if state.lam_t is None else state.lam_t / unit, "reml", 1.0)
+        sel.r, sel.value = 0.0, math.nan
+    elif state.lam_t is not None:
         sel = search.fixed(state.lam_t / unit, state.criterion, r)
     elif r is not None and q is not None:
         sel = search.fixed(r / q, "reml", r)
