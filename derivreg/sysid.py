@@ -37,6 +37,7 @@ from derivreg._typing import ArrayLike, FloatArray
 from derivreg.exceptions import (
     ColumnNotFoundError,
     DataError,
+    DerivregError,
     ExcitationWarning,
     IdentificationError,
     MethodNotAvailableError,
@@ -48,6 +49,7 @@ __all__ = [
     "FIT_METHODS",
     "Characterization",
     "characterize",
+    "compare",
     "gains_from_coefficients",
     "noise_floor",
     "prepare_fit_data",
@@ -55,7 +57,15 @@ __all__ = [
 ]
 
 #: Methods that fit the relation with :func:`derivreg.api.fit` (``"auto"`` picks one).
-FIT_METHODS: tuple[str, ...] = ("auto", "integral", "gradient", "arimax", "statespace", "fourier")
+FIT_METHODS: tuple[str, ...] = (
+    "auto",
+    "integral",
+    "gradient",
+    "arimax",
+    "statespace",
+    "fourier",
+    "trajectory",
+)
 _METHODS = ("sysid", *FIT_METHODS)
 
 #: Coefficient names of the regression ``a = α v + β u + γ sgn(v) [+ δ] [+ δ cos θ + ε sin θ]``.
@@ -744,8 +754,14 @@ def characterize(
         override SysId's automatic trimming; ``trim=False`` — SysId's regression on every row
         without its data preparation, as in SysId's own unit check; ``angle_unit``;
         ``cov_type``, ``cov_kwds`` — statsmodels OLS covariance, default ``"nonrobust"``).
-        ``"auto"`` (default), ``"integral"``, ``"gradient"``, ``"arimax"``, ``"statespace"``,
-        ``"fourier"``: a derivreg fit of the relation by :func:`derivreg.fit`.
+        ``"auto"`` (default, the recommended method: currently the integral form),
+        ``"integral"``, ``"gradient"``, ``"arimax"``, ``"statespace"``, ``"fourier"``,
+        ``"trajectory"``: a derivreg fit of the relation by :func:`derivreg.fit` on the log
+        cleaned by :func:`prepare_fit_data` (options: ``signal="velocity"`` or ``"position"``
+        — the second-order relation in the position alone; ``fresh`` — drop held readings,
+        ``"auto"``; ``angle_unit``; anything else, e.g. ``cov_type``, goes to
+        :func:`derivreg.fit`). Warns with :class:`~derivreg.exceptions.ExcitationWarning`
+        when a gain's relative standard error exceeds 25%.
     alpha : float
         1 − confidence level of the intervals.
     **options
@@ -944,6 +960,44 @@ def _formula(mechanism: str, signal: str) -> tuple[str, list[str]]:
 
 #: a gain is flagged when its relative standard error exceeds this
 POOR_RELATIVE_SE = 0.25
+
+
+def compare(
+    log: pd.DataFrame | str | os.PathLike[str],
+    methods: Sequence[str] = ("sysid", "auto"),
+    mechanism: str | None = None,
+    *,
+    alpha: float = 0.05,
+    **options: Any,
+) -> pd.DataFrame:
+    """Gains by several methods side by side (e.g. SysId's numbers next to the recommended ones).
+
+    Parameters
+    ----------
+    log, mechanism, alpha
+        As in :func:`characterize` (a path is read once).
+    methods : sequence of str
+        Methods to run, in order.
+    **options
+        Passed to every method (use :func:`characterize` for method-specific options).
+
+    Returns
+    -------
+    DataFrame
+        Tidy: one row per method and gain (``gain``, ``estimate``, ``se``, ``lower``,
+        ``upper``, ``method``, ``mechanism``, ``units``); a failing method gets one row with
+        its error in ``error``.
+    """
+    frame, mech = _check_log(log, mechanism)
+    rows = []
+    for method in methods:
+        try:
+            rows.append(characterize(frame, mech, method, alpha=alpha, **options).to_frame())
+        except DerivregError as exc:
+            rows.append(
+                pd.DataFrame({"method": [method], "mechanism": [mech], "error": [str(exc)]})
+            )
+    return pd.concat(rows, ignore_index=True)
 
 
 def _fit_derivreg(

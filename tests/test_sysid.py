@@ -97,7 +97,7 @@ def simulate_test(
                 continue
             s = float(np.sign(drive))
         if gravity == "arm":  # nonlinear in θ: RK4 with the input and friction sign held
-            xs, vs, sub = x[k], v[k], 20
+            xs, vs, sub = x[k], v[k], 4
             hh = h / sub
 
             def f(th: float, w: float, s: float = s, uk: float = u[k]) -> tuple[float, float]:
@@ -607,3 +607,19 @@ def test_held_readings_are_detected_quantised_ones_are_not(shared_data):
         assert len(data) < 0.4 * len(log)
     data, info = prepare_fit_data(motor_log(3), "simple")
     assert info["fresh"] is False
+
+
+def test_compare_puts_sysid_beside_the_recommended_method():
+    """One tidy table, SysId's numbers next to derivreg's; a failing method reports its error."""
+    from derivreg.sysid import compare
+
+    log = motor_log(11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        table = compare(log, methods=("sysid", "auto", "arimax"))
+        alone = dr.characterize(log, method="sysid").gains
+    sysid = table[table["method"] == "sysid"].set_index("gain")
+    np.testing.assert_allclose(sysid.loc[["kS", "kV", "kA"], "estimate"], alone["estimate"])
+    assert table["method"].str.startswith("auto").sum() == 3
+    arimax = table[table["method"] == "arimax"]
+    assert len(arimax) == 1 and "regular" in arimax["error"].iloc[0]  # jittery dt
