@@ -196,19 +196,41 @@ def _se_from_cov(pre: Preprocessor, order: int) -> FloatArray | None:
     return out
 
 
+def _simulated_paths(res: DiffRegResults, spec: Any, sd: Any, segs: list) -> dict[str, FloatArray]:
+    """Simulated states on the kept rows (NaN outside the plotted segments).
+
+    One segment of several is simulated alone (from the caller's rows of that segment, initial
+    state estimated from its first samples), which is much cheaper than the whole data.
+    """
+    raw = getattr(res.model, "raw_data", None)
+    out = {var: np.full(sd.nobs, np.nan) for var in spec.states}
+    if len(segs) == 1 and len(sd.segments) > 1 and isinstance(raw, pd.DataFrame):
+        pos = segs[0][1]
+        rows = np.sort(sd.rows[pos])
+        sim = res.simulate(raw.iloc[rows])
+        at = np.searchsorted(rows, sd.rows[pos])
+        for var in spec.states:
+            out[var][pos] = np.asarray(sim[var], dtype=float)[at]
+        return out
+    sim = res.simulate()
+    for var in spec.states:
+        out[var] = np.asarray(sim[var], dtype=float)[sd.rows]
+    return out
+
+
 def _panel_fit(
     ax: Any, res: DiffRegResults, spec: Any, sd: Any, segs: list, simulate: bool
 ) -> None:
-    sim = None
+    paths = None
     if simulate:
         try:
-            sim = res.simulate()
+            paths = _simulated_paths(res, spec, sd, segs)
         except DerivregError as exc:
             note = f"no simulation: {exc}"
             ax.text(0.02, 0.95, note, transform=ax.transAxes, va="top", fontsize=8)
     for var in spec.states:
         y = sd.column(var)
-        path = None if sim is None else np.asarray(sim[var], dtype=float)[sd.rows]
+        path = None if paths is None else paths[var]
         for i, (_, pos) in enumerate(segs):
             first = i == 0
             pts = _line(

@@ -151,8 +151,10 @@ def test_segment_selection_and_results_plot_method(data):
     assert len(axes) == 2
     fit_line = _line(axes[0], "x (simulated fit)")
     assert len(fit_line.get_xdata()) == len(data)
-    sim = res.simulate()["x"].to_numpy()[len(data) :]
+    # one segment of several is simulated alone, from its own rows
+    sim = res.simulate(two[two["run"] == "b"])["x"].to_numpy()
     np.testing.assert_allclose(fit_line.get_ydata(), sim)
+    np.testing.assert_allclose(fit_line.get_xdata(), data.index.to_numpy(dtype=float))
     with pytest.raises(DataError, match="segment"):
         res.plot(segment="zzz")
 
