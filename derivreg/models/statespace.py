@@ -89,6 +89,8 @@ class LinearSDEFit:
         Noise parameters held at their lower bound in the information matrix.
     innovations, predictions : list of ndarray
         One-step-ahead forecast errors and forecasts of ``y`` per segment.
+    standardized : list of ndarray
+        Innovations divided by their standard deviation (NaN over the first ``p`` samples).
     smoothed : list of ndarray
         Smoothed state means (n_seg, p) per segment.
     """
@@ -105,6 +107,7 @@ class LinearSDEFit:
     message: str
     fixed: list[str] = field(default_factory=list)
     innovations: list[FloatArray] = field(default_factory=list)
+    standardized: list[FloatArray] = field(default_factory=list)
     predictions: list[FloatArray] = field(default_factory=list)
     smoothed: list[FloatArray] = field(default_factory=list)
     n_iter: int = 0
@@ -245,15 +248,23 @@ class _LinearSDE:
 
     def filter_outputs(
         self, params: FloatArray
-    ) -> tuple[list[FloatArray], list[FloatArray], list[FloatArray]]:
+    ) -> tuple[list[FloatArray], list[FloatArray], list[FloatArray], list[FloatArray]]:
+        """Innovations, one-step predictions, smoothed states and standardized innovations."""
         from statsmodels.tsa.statespace.kalman_smoother import KalmanSmoother
 
         self._update(params)
-        innov, pred, smooth = [], [], []
+        innov, pred, smooth, standardized = [], [], [], []
         for seg in self.segments:
             kf = seg.kf
             res = kf.filter()
-            innov.append(np.asarray(res.forecasts_error[0], float).copy())
+            v = np.asarray(res.forecasts_error[0], float).copy()
+            F = np.asarray(res.forecasts_error_cov[0, 0], float)
+            innov.append(v)
+            std = np.full_like(v, np.nan)
+            ok = np.isfinite(v) & (F > 0)
+            std[ok] = v[ok] / np.sqrt(F[ok])
+            std[: self.p] = np.nan  # the diffuse / initial-state period
+            standardized.append(std)
             pred.append(np.asarray(res.forecasts[0], float).copy())
             ks = KalmanSmoother(k_endog=1, k_states=self.p, k_posdef=self.p)
             ks.bind(seg.y.copy())
@@ -268,7 +279,7 @@ class _LinearSDE:
                 ks.initialize_diffuse()
             sm = ks.smooth()
             smooth.append(np.asarray(sm.smoothed_state, float).T.copy())
-        return innov, pred, smooth
+        return innov, pred, smooth, standardized
 
 
 def _start_values(model: _LinearSDE, theta0: FloatArray | None) -> FloatArray:
@@ -389,7 +400,7 @@ def fit_linear_sde(
             ConvergenceWarning,
             stacklevel=2,
         )
-    innov, pred, smooth = model.filter_outputs(x)
+    innov, pred, smooth, standardized = model.filter_outputs(x)
     return LinearSDEFit(
         theta=x[:k].copy(),
         cov_theta=cov[:k, :k].copy(),
@@ -403,6 +414,7 @@ def fit_linear_sde(
         message=str(best.message),
         fixed=fixed,
         innovations=innov,
+        standardized=standardized,
         predictions=pred,
         smoothed=smooth,
         n_iter=int(best.nit),
@@ -754,7 +766,8 @@ class StateSpace(Model):
         Zs = z_all[:, rel.state_orders]
         X = np.column_stack([Zs, W])
         highest = X @ fit.theta
-        diag = self.diagnose(X, resid[np.isfinite(resid)], highest=highest)
+        std = np.concatenate(fit.standardized)
+        diag = self.diagnose(X, std[np.isfinite(std)], highest=highest)
         labels = sd.segment_labels
         ic = {
             i: {(rel.response, k): float(fit.smoothed[i][0, k]) for k in range(rel.order)}
