@@ -246,10 +246,12 @@ class DiffRegResults:
         coefficients with SEs and intervals, diagnostics and warnings."""
         width = 88
         lines = ["=" * width, "Differential relation results".center(width), "=" * width]
-        for key, val in self._header():
+        header = self._header()
+        w = max(22, *(len(k) + 2 for k, _ in header))
+        for key, val in header:
             parts = val.split("\n")
-            lines.append(f"{key + ':':<22}{parts[0]}")
-            lines.extend(f"{'':<22}{p}" for p in parts[1:])
+            lines.append(f"{key + ':':<{w}}{parts[0]}")
+            lines.extend(f"{'':<{w}}{p}" for p in parts[1:])
         lines.append("-" * width)
         stat = "t" if self.use_t and self.df_resid is not None else "z"
         lo, hi = f"[{alpha / 2:.3g}", f"{1 - alpha / 2:.3g}]"
@@ -275,8 +277,10 @@ class DiffRegResults:
             lines.append(f"Nuisance parameters: {len(self.nuisance)} (see .nuisance)")
         lines.append("-" * width)
         lines.append("Diagnostics")
-        for key, val in self.diagnostics.rows():
-            lines.append(f"  {key + ':':<28}{val}")
+        rows = self.diagnostics.rows()
+        w = max(28, *(len(k) + 2 for k, _ in rows)) if rows else 28
+        for key, val in rows:
+            lines.append(f"  {key + ':':<{w}}{val}")
         if self.warnings:
             lines.append("-" * width)
             lines.append("Warnings")

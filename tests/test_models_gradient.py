@@ -7,7 +7,9 @@ derivative-estimate covariance from the smoother plus the measured regressors' n
   0.92, 0.91 (150 replications; SE about 10% small); ``cov_type="HAC"`` (Andrews bandwidth)
   gives 1.00, 0.99 (SE 40% too large);
 * τ = 0.1 and above: errors in variables bias a and b by more than 1 SD and coverage falls below
-  0.75; every fit in that regime issues a BiasWarning (none at τ = 0.005).
+  0.75; every fit in that regime issues a BiasWarning (none at τ = 0.005);
+* steps (motor tests): the smoother cannot follow the jumps of the acceleration, the residuals
+  are about 2x what the estimate noise explains, and the fit warns (BiasWarning).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import statsmodels.api as sm
 import derivreg as dr
 from derivreg.exceptions import BiasWarning, DataError, LengthMismatchError
 from derivreg.models import GradientOLS
-from derivreg.simulate import first_order, lotka_volterra
+from derivreg.simulate import first_order, lotka_volterra, motor
 
 FIRST = "d(x) ~ x + u"
 TRUTH = np.array([0.5, -1.0, 2.0])
@@ -98,6 +100,22 @@ def test_noisy_regressors_warn_bias_and_do_not_cover():
         res = dr.fit(FIRST, df, method="gradient")
     assert any("errors in variables" in w for w in res.warnings)
     assert "errors in variables" in res.summary()
+
+
+def test_motor_steps_smoothing_bias_is_flagged():
+    """Steps make the acceleration jump; the smoother cannot follow: measured d(x) -4.6 vs -5."""
+    df = motor(kS=0.5, kV=2.0, kA=0.4, dt=0.01, tau=0.001, seed=3)
+    df = df[df["v_true"] != 0]
+    with pytest.warns(BiasWarning, match="smoothing bias"):
+        res = dr.fit(
+            "d(x, 2) ~ d(x) + u + sign(d(x)) - 1",
+            df,
+            method="gradient",
+            time="t",
+            segment="test",
+            input_hold="zoh",
+        )
+    assert res.info["misfit ratio"] > 1.5
 
 
 def test_lotka_volterra_gradient_recovers_all_four():
