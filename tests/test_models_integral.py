@@ -7,7 +7,8 @@ measurement-noise covariance and the errors-in-variables correction):
   measurement noise τ = 0.05: coverage of the 95% intervals (intercept, a, b) = 0.93, 0.96, 0.96
   over 300 replications, |bias| <= 0.1 SD;
 * under process noise (σ = 0.3, τ = 0.05) coverage drops to about 0.90 and a is biased by 0.3 SD
-  (regressors correlated with the accumulated noise): use ``method="statespace"`` there;
+  (regressors correlated with the accumulated noise): the fit warns (BiasWarning) — use
+  ``method="statespace"`` there;
 * motor ``d(x, 2) ~ d(x) + u + sign(d(x))``, position only (τ = 0.002, Δ = 0.02), four tests as
   segments, 100 replications: coverage 0.98, 0.98, 0.97 (d(x), u, sign(d(x))), |bias| <= 0.06
   SD, SE/SD 1.06-1.10 (slightly conservative).
@@ -23,6 +24,7 @@ import pytest
 
 import derivreg as dr
 from derivreg.exceptions import (
+    BiasWarning,
     DataError,
     ExcitationWarning,
     IdentificationError,
@@ -137,6 +139,33 @@ def test_motor_coverage_in_range_20_replications():
         ci = res.conf_int()
         hits += (ci["lower"].to_numpy() <= truth) & (truth <= ci["upper"].to_numpy())
     assert np.all(hits >= 17), hits
+
+
+@pytest.mark.slow
+def test_motor_coverage_slow_100_replications_measured_098_098_097():
+    truth = np.array([-5.0, 2.5, -1.25])
+    est, se = [], []
+    for seed in range(100):
+        res = dr.fit(
+            MOTOR, _motor(seed), method="integral", time="t", segment="test", input_hold="zoh"
+        )
+        est.append(res.params.to_numpy())
+        se.append(res.bse.to_numpy())
+    e, s = np.array(est), np.array(se)
+    cover = (np.abs(e - truth) <= 1.959964 * s).mean(axis=0)
+    assert np.all((cover >= 0.92) & (cover <= 0.99)), cover
+    assert np.all(np.abs((e.mean(axis=0) - truth) / e.std(axis=0)) < 0.2)
+
+
+def test_process_noise_regime_warns_bias():
+    """sigma = 0.3: warned in 100 of 100 seeds, none of 100 without process noise (measured)."""
+    df = _first(2, sigma=0.3)
+    with pytest.warns(BiasWarning, match="process noise"):
+        res = dr.fit(FIRST, df, method="integral", input_hold="zoh")
+    assert res.info["process noise SD x"] > 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BiasWarning)
+        dr.fit(FIRST, _first(2), method="integral", input_hold="zoh")
 
 
 def test_motor_dominated_by_steady_state_warns_excitation():

@@ -37,6 +37,7 @@ the residuals are integrated noise). Measured coverage is recorded in
 
 from __future__ import annotations
 
+import warnings
 from math import factorial
 from typing import Any, ClassVar
 
@@ -46,7 +47,12 @@ import pandas as pd
 from derivreg._typing import FloatArray
 from derivreg.covariance import system_cov
 from derivreg.diagnostics import robust_noise_variance
-from derivreg.exceptions import DataError, MethodNotAvailableError, TooFewPointsError
+from derivreg.exceptions import (
+    BiasWarning,
+    DataError,
+    MethodNotAvailableError,
+    TooFewPointsError,
+)
 from derivreg.formula import Equation, Term
 from derivreg.models.base import Model, resolve_preprocessor
 from derivreg.results import DiffRegResults
@@ -102,7 +108,24 @@ class IntegralOLS(Model):
     derivative_options : dict
         Options of that estimator.
     noise : {"auto", "measurement", "process"}
-        Error components in ``Ω``: both (default), measurement only, process only.
+        Error components in ``Ω``: both (default; process noise kept only when the residuals
+        exceed the measurement part by 3 null SDs), measurement only, process only.
+    eiv_correction : bool
+        Correct the least-squares estimate for the measurement noise inside the integrated
+        states (default True; measured on the motor: bias 0.47 SD -> 0.15 SD).
+
+    Covariance types: ``"sandwich"`` (default), ``"GLS"``, ``"nonrobust"``, ``"HAC"``.
+    Measured coverage of the default (95% intervals):
+
+    * first order, measurement noise τ = 0.05, n = 300: 0.93 / 0.96 / 0.96 (Intercept, a, b),
+      |bias| <= 0.1 SD (300 replications);
+    * motor, position only, τ = 0.002, Δ = 0.02, four tests as segments: 0.98 / 0.98 / 0.97,
+      |bias| <= 0.06 SD (100 replications);
+    * process noise σ = 0.3 (τ = 0.05): about 0.90, a biased by 0.3 SD — the fit warns.
+
+    ``"GLS"`` covered the first-order case (0.94 / 0.97 / 0.96) but on the motor amplified small
+    model errors (sign of the velocity at segment starts, quadrature) to 5-8 SE biases, so it is
+    not the default.
     """
 
     method: ClassVar[str] = "integral"
@@ -418,6 +441,7 @@ class IntegralOLS(Model):
         eqs = self.spec.equations
         m = len(eqs)
         mode = self.options["noise"]
+        self._warned_process = False
         tau2 = self._noise_variances()
         if mode == "process":
             tau2 = {k: 0.0 for k in tau2}
@@ -613,6 +637,17 @@ class IntegralOLS(Model):
             excess = float(r @ r) - tr_meas
             if tr_proc > 0 and (mode == "process" or excess > 3.0 * np.sqrt(2.0 * tr_sq)):
                 sigma2[e] = max(excess / tr_proc, 0.0)
+                if mode == "auto" and excess > 0.5 * float(r @ r) and not self._warned_process:
+                    self._warned_process = True
+                    warnings.warn(
+                        f"process noise dominates the residuals of {self.spec.equations[e].lhs} "
+                        f"({excess / float(r @ r):.0%} of the residual variance): the integrated "
+                        "regressors carry the accumulated noise, so the integral form is biased "
+                        "(measured ~0.3 SD, coverage ~0.90 on a first-order system); use "
+                        "method='statespace' for process noise",
+                        BiasWarning,
+                        stacklevel=6,
+                    )
         return sigma2
 
     # ------------------------------------------------------------------ initial conditions
