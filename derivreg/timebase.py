@@ -356,9 +356,7 @@ def prepare_data(
     if nan_policy not in ("raise", "drop"):
         raise DataError(f"nan_policy must be 'raise' or 'drop', got {nan_policy!r}")
     if not isinstance(data, (pd.DataFrame, pd.Series, np.ndarray, list, tuple)):
-        raise DataError(
-            f"data must be a DataFrame, Series or ndarray, got {type(data).__name__}"
-        )
+        raise DataError(f"data must be a DataFrame, Series or ndarray, got {type(data).__name__}")
     n_total = len(data)
     exclude = {c for c in (time, segment) if isinstance(c, str)}
     values, cols = _select_values(data, columns, exclude)

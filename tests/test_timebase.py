@@ -44,8 +44,9 @@ def test_timedelta_index_and_tz_aware_index():
     s = pd.Series([1.0, 2.0], index=pd.to_timedelta([0, 90], unit="min"))
     np.testing.assert_allclose(time_values(s, time_unit="h"), [0, 1.5])
     idx = pd.date_range("2024-03-31", periods=3, freq="h", tz="Europe/Berlin")
-    np.testing.assert_allclose(time_values(pd.Series([1.0, 2, 3], index=idx), time_unit="h"),
-                               [0, 1, 2])
+    np.testing.assert_allclose(
+        time_values(pd.Series([1.0, 2, 3], index=idx), time_unit="h"), [0, 1, 2]
+    )
 
 
 def test_time_column_and_ndarray_time():

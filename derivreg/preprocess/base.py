@@ -173,8 +173,7 @@ class Preprocessor(abc.ABC):
         order = int(order)
         if not 0 <= order <= self.max_order:
             raise DataError(
-                f"{type(self).__name__} supports derivative orders 0..{self.max_order}, "
-                f"got {order}"
+                f"{type(self).__name__} supports derivative orders 0..{self.max_order}, got {order}"
             )
         return order
 
@@ -236,7 +235,8 @@ class Preprocessor(abc.ABC):
         if self._kind_ == "series":
             if return_se:
                 out = pd.DataFrame(
-                    {"estimate": est_c[:, 0], "se": se_c[:, 0]}, index=sd.index  # type: ignore[index]
+                    {"estimate": est_c[:, 0], "se": se_c[:, 0]},
+                    index=sd.index,  # type: ignore[index]
                 )
             else:
                 out = pd.Series(est_c[:, 0], index=sd.index, name=names[0])
