@@ -14,9 +14,14 @@ How the work is organised (throughput matters: users fit thousands of series):
 * the data are sorted by group once and cut into numpy arrays with group offsets; groups are shipped
   to workers in *chunks* (contiguous runs of groups), so the per-task overhead is paid per chunk,
   not per group;
-* every chunk runs under ``threadpoolctl.threadpool_limits(1)``: one BLAS thread per worker (the
-  workers are the parallelism, and a fixed thread count keeps results bit-identical across
-  backends);
+* the process backend forks its workers after the split (Linux), so they read the arrays without
+  copying them through pipes; elsewhere each chunk's arrays are sent with the task;
+* every chunk runs with one BLAS thread (threadpoolctl): the workers are the parallelism, and a
+  fixed thread count keeps results bit-identical across backends;
+* two engines: ``"fit"`` calls :func:`derivreg.fit` per group (full diagnostics and warnings);
+  ``"vectorized"`` solves the OLS forms with the OLS covariance for many equal-length groups in
+  one set of array operations (same numbers; see :func:`fit_many`); ``"auto"`` picks it when the
+  fit qualifies;
 * a group that fails gives one row with ``status="error"`` and the message; the others are
   unaffected;
 * the output order is deterministic: groups sorted by their key values (as
@@ -533,6 +538,8 @@ def _run_chunk_one_thread(spec: _Spec, payload: _Payload) -> ChunkResult:
 # Per-group diagnostics (steady-state, errors-in-variables warnings) are not computed here.
 
 _Z975 = 1.959963984540054  # scipy.stats.norm.ppf(0.975)
+#: below this many rows the process backend runs the vectorised engine in this process
+_VECTOR_POOL_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -945,6 +952,8 @@ class BatchRun:
                 yield from _iter_serial(prep.spec, prep.plan, prep.bounds)
         elif self.backend == "process":
             workers = _n_workers(self.n_jobs)
+            if prep.spec.vector is not None and prep.plan.offsets[-1] < _VECTOR_POOL_ROWS:
+                workers = 1  # array work this small finishes before workers would start
             yield from _iter_process(prep.spec, prep.plan, prep.bounds, workers)
         else:
             yield from _iter_dask(prep.spec, prep.plan, prep.bounds, self.scheduler, self.client)
@@ -1075,7 +1084,8 @@ def fit_many(
         All backends give identical tables.
     n_jobs : int
         Worker processes for ``"process"``: ``-1`` all cores, ``-2`` all but one, ``1`` no pool
-        (the chunks then run in this process).
+        (the chunks then run in this process). The vectorised engine on fewer than a million rows
+        also runs in this process: it is done before workers would have started.
     scheduler, client
         The dask cluster for ``backend="dask"``.
     time, time_unit, segment, input_hold, **options

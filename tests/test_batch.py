@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import derivreg as dr
+from derivreg import batch
 from derivreg.batch import RESULT_COLUMNS, fit_many
 from derivreg.exceptions import (
     ColumnNotFoundError,
@@ -102,6 +103,7 @@ def test_recovers_each_groups_coefficients():
 
 
 def test_500_groups_with_three_broken(monkeypatch):
+    monkeypatch.setattr(batch, "_VECTOR_POOL_ROWS", 0)  # worker processes, as for big panels
     panel = make_panel(500, 24, seed=3, dt=0.1)
     panel.loc[panel["unit"] == "u0010", "x"] = np.nan  # all NaN
     panel = panel[~((panel["unit"] == "u0020") & (panel["t"] > 0.15))]  # two points
@@ -315,7 +317,8 @@ def test_engine_choice_is_explicit(panel):
         fit_many(panel, FORMULA, by="unit", engine="turbo")
 
 
-def test_vectorized_backends_identical(ragged_panel):
+def test_vectorized_backends_identical(ragged_panel, monkeypatch):
+    monkeypatch.setattr(batch, "_VECTOR_POOL_ROWS", 0)  # use worker processes even for this
     opts = {"time": "t", "method": "integral", "cov_type": "nonrobust", "chunk_size": 3}
     serial = _quiet_fit_many(ragged_panel, FORMULA, by="unit", backend="serial", **opts)
     process = _quiet_fit_many(ragged_panel, FORMULA, by="unit", backend="process", n_jobs=2, **opts)

@@ -185,7 +185,7 @@ def test_batch_killed_then_resumed_equals_uninterrupted(tmp_path):
     out = tmp_path / "killed.parquet"
     manifest = tmp_path / "killed.parquet.parts" / "manifest.json"
     cmd = [sys.executable, "-m", "derivreg", "batch", str(src), "-f", FORMULA, "--by", "unit",
-           *GRADIENT, "--backend", "serial", "--chunk-size", "2", "--no-progress",
+           *GRADIENT, "--backend", "serial", "--chunk-size", "1", "--no-progress",
            "--out", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -197,7 +197,7 @@ def test_batch_killed_then_resumed_equals_uninterrupted(tmp_path):
                 parts = len(json.loads(manifest.read_text())["parts"])
             except (json.JSONDecodeError, KeyError):  # pragma: no cover - replaced atomically
                 pytest.fail("the manifest was read half-written")
-            if parts >= 5:
+            if parts >= 3:
                 break
         time.sleep(0.01)
     if proc.poll() is not None:
@@ -207,7 +207,7 @@ def test_batch_killed_then_resumed_equals_uninterrupted(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     written = json.loads(manifest.read_text())["parts"]
-    assert 5 <= len(written) < 30
+    assert 3 <= len(written) < 60
 
     res = invoke("batch", src, "-f", FORMULA, "--by", "unit", *GRADIENT, "--backend", "process",
                  "--n-jobs", "2", "--out", out, "--resume")  # fmt: skip
