@@ -294,7 +294,13 @@ class IntegralOLS(Model):
                 for i in range(p):
                     X[sl, k + b * p + i] = (t - t[0]) ** i / factorial(i)
                 start += len(pos)
-            ic_names = [f"IC{b}:{i}" for b in range(nb) for i in range(p)]
+            ic_names = [
+                f"initial-condition term (t-t0)^{i} of "
+                + (f"segment {sd.segment_labels[seg]!r}" if len(sd.segments) > 1 else "the data")
+                + (f", window {b}" if self.options["window"] is not None else "")
+                for b, (seg, _) in enumerate(blocks)
+                for i in range(p)
+            ]
             names = eq.term_names + ic_names
             self.check_design(X, names, allow_constant=tuple(ic_names))
             X_eq.append(X)
@@ -616,7 +622,8 @@ class IntegralOLS(Model):
         """Process-noise variance per equation by moments from the OLS residuals.
 
         ``E r̂ᵀr̂ = tr(P⊥Ω_meas) + σ² tr(P⊥K)``; σ² is kept only when the excess over the
-        measurement part is above 3 null SDs (``Var r̂ᵀr̂ = 2 tr((P⊥Ω)²)``), or ``noise="process"``.
+        measurement part is above 3 null SDs (``Var r̂ᵀr̂ = 2 tr((P⊥Ω)²)`` plus the uncertainty of
+        the estimated noise variance), or ``noise="process"``.
         """
         m = len(X_eq)
         sigma2 = np.zeros(m)
@@ -635,7 +642,10 @@ class IntegralOLS(Model):
                 tr_sq += float(np.sum(POm * POm.T))
                 tr_proc += float(np.trace(Kp) - np.trace(B @ (Xb.T @ Kp @ Xb)))
             excess = float(r @ r) - tr_meas
-            if tr_proc > 0 and (mode == "process" or excess > 3.0 * np.sqrt(2.0 * tr_sq)):
+            # null SD of the excess: chi-square part plus the uncertainty of the MAD-based
+            # noise variance (relative variance ~5.4/n: MAD has 37% Gaussian efficiency)
+            null_sd = np.sqrt(2.0 * tr_sq + tr_meas**2 * 5.4 / max(len(y), 1))
+            if tr_proc > 0 and (mode == "process" or excess > 3.0 * null_sd):
                 sigma2[e] = max(excess / tr_proc, 0.0)
                 if mode == "auto" and excess > 0.5 * float(r @ r) and not self._warned_process:
                     self._warned_process = True
