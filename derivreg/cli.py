@@ -405,6 +405,8 @@ def batch(
     """
     from derivreg.batch import prepare_batch, sort_table
 
+    created = False
+    parts = _Parts(out)
     try:
         _kind(out)
         frame = read_data(data)
@@ -422,7 +424,6 @@ def batch(
             "options": {k: repr(v) for k, v in sorted(options.items())},
             "engine": engine,
         }
-        parts = _Parts(out)
         if parts.exists() and not (resume or overwrite):
             raise DataError(
                 f"{parts.dir} holds parts of an earlier run: pass --resume to continue it or "
@@ -434,6 +435,7 @@ def batch(
             parts.load(config)
         else:
             parts.start(config)
+            created = True
         by_cols = list(by)
         done_table = parts.read(by_cols)
         pending = _pending_rows(frame, done_table, by_cols)
@@ -475,6 +477,8 @@ def batch(
         if not keep_parts:
             parts.remove()
     except DerivregError as exc:
+        if created and not parts.manifest.get("parts"):  # nothing written: leave no folder
+            parts.remove()
         raise _fail(str(exc)) from None
     console.print(
         f"{total} groups: {total - failed} ok, {failed} failed; {len(result)} rows written to {out}"

@@ -160,6 +160,9 @@ def test_batch_fail_on_error_and_messages(tmp_path, small_panel):
 
 def test_batch_refuses_old_parts_and_checks_settings(tmp_path, panel_csv):
     out = tmp_path / "res.parquet"
+    res = invoke("batch", panel_csv, "-f", "x ~ u", "--by", "unit", "--out", out)
+    assert res.exit_code == 2 and "FormulaError" not in res.output and "~" in res.output
+    assert not (tmp_path / "res.parquet.parts").exists()  # a bad formula leaves nothing behind
     args = ["batch", panel_csv, "-f", FORMULA, "--by", "unit", *GRADIENT, "--backend", "serial"]
     assert invoke(*args, "--out", out, "--keep-parts").exit_code == 0
     first = pd.read_parquet(out)
