@@ -246,7 +246,7 @@ class Model(abc.ABC):
 
     def diagnose(
         self,
-        X: FloatArray,
+        X: FloatArray | list[FloatArray],
         resid: FloatArray,
         highest: FloatArray | None = None,
         extra: dict[str, Any] | None = None,
@@ -255,10 +255,11 @@ class Model(abc.ABC):
 
         Parameters
         ----------
-        X : design used for the estimate (conditioning).
+        X : design used for the estimate, or one per equation (conditioning: the worst).
         resid : residuals on the kept rows (Ljung–Box).
         highest : estimate of the left-hand derivative on the kept rows (steady-state share).
         """
+        Xs = list(X) if isinstance(X, (list, tuple)) else [X]
         r = np.asarray(resid, dtype=float)
         r = r[:, 0] if r.ndim == 2 else r
         q, pval, lags = ljung_box(r)
@@ -283,7 +284,7 @@ class Model(abc.ABC):
             ljung_box_stat=q,
             ljung_box_pvalue=pval,
             ljung_box_lags=lags,
-            condition_number=condition_number(X),
+            condition_number=max(condition_number(x) for x in Xs),
             steady_state_share=share,
             extra=dict(extra or {}),
         )

@@ -221,9 +221,7 @@ class GradientOLS(Model):
             fit_full[rows, i] = fitted[i]
         highest = np.full(n, np.nan)
         highest[rows] = fitted[0]
-        diag = self.diagnose(
-            np.hstack(X_b), resid_b[0], highest=highest, extra={"derivative": deriv_name}
-        )
+        diag = self.diagnose(X_b, resid_b[0], highest=highest, extra={"derivative": deriv_name})
         if len(ys) == 1:
             resid, fit_full = resid[:, 0], fit_full[:, 0]
         info: dict[str, Any] = {"derivative": deriv_name}

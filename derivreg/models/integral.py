@@ -354,7 +354,7 @@ class IntegralOLS(Model):
         extra = {k: v for k, v in details.items() if not isinstance(v, dict)}
         if getattr(self, "derivative_note_", None):
             extra["derivative (nonlinear terms)"] = self.derivative_note_
-        diag = self.diagnose(np.hstack(X_eq), resid[rows, 0], highest=highest, extra=extra)
+        diag = self.diagnose(X_eq, resid[rows, 0], highest=highest, extra=extra)
         ic = (
             None
             if self.options["window"] is not None
