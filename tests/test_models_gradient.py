@@ -4,8 +4,10 @@ Measured (``derivative="auto"`` = quintic REML spline, default ``cov_type="sandw
 derivative-estimate covariance from the smoother plus the measured regressors' noise):
 
 * ``dx/dt = -x + 2u + 0.5``, multisine input, n = 300, Δ = 0.05, τ = 0.005: coverage of a, b =
-  0.92, 0.91 (150 replications; SE about 10% small); ``cov_type="HAC"`` (Andrews bandwidth)
-  gives 1.00, 0.99 (SE 40% too large);
+  0.92, 0.91 (150 replications with random inputs); for one input path and 300 noise draws
+  (τ = 0.02) SE/SD = 0.98, 0.95, 0.94 (spline) and 0.98, 0.98, 0.96 (differences), so the
+  shortfall across inputs is smoothing bias that varies with the input, not the SE formula;
+  ``cov_type="HAC"`` (Andrews bandwidth) gives 1.00, 0.99 (SE 40% too large);
 * τ = 0.1 and above: errors in variables bias a and b by more than 1 SD and coverage falls below
   0.75; every fit in that regime issues a BiasWarning (none at τ = 0.005);
 * steps (motor tests): the smoother cannot follow the jumps of the acceleration, the residuals
