@@ -152,9 +152,11 @@ class _GPState:
 class GaussianProcess(Preprocessor):
     """Derivatives from the posterior of a Gaussian process (exact, O(n³)).
 
-    Model: ``y_k = f(t_k) + e_k``, ``f ~ GP(0, s² ρ((a-b)/ℓ))``, ``e_k ~ N(0, σ_n²)``; the p-th
-    derivative estimate is ``E[f⁽ᵖ⁾(t) | y] = ∂ᵖ_a k(t, X) K⁻¹ y`` with pointwise standard error
-    from ``Var[f⁽ᵖ⁾(t) | y] = ∂ᵖ_a ∂ᵖ_b k(t, t) - ∂ᵖ_a k(t, X) K⁻¹ ∂ᵖ_b k(X, t)``.
+    Model: ``y_k = μ + f(t_k) + e_k``, ``f ~ GP(0, s² ρ((a-b)/ℓ))``, ``e_k ~ N(0, σ_n²)``, ``μ``
+    flat; the p-th derivative estimate is ``E[f⁽ᵖ⁾(t) | y] = ∂ᵖ_a k(t, X) K⁻¹ (y - μ̂)`` with
+    pointwise standard error from
+    ``Var[f⁽ᵖ⁾(t) | y] = ∂ᵖ_a ∂ᵖ_b k(t, t) - ∂ᵖ_a k(t, X) K⁻¹ ∂ᵖ_b k(X, t) + R_t² / c`` (see the
+    module docstring), averaged over the hyperparameter uncertainty (below).
 
     Parameters
     ----------
@@ -182,16 +184,19 @@ class GaussianProcess(Preprocessor):
         Propagate the uncertainty of the estimated hyperparameters into the bands: Laplace
         approximation ``log θ ~ N(θ̂, H⁻¹)`` (H the Hessian of the negative log likelihood), the
         posterior is averaged over its 2d sigma points (``θ̂ ± sqrt(d) H^{-1/2} e_i``, equal
-        weights; mixture mean and variance). Plug-in ML bands under-cover (≈ 0.91 instead of 0.95
-        for n = 60 to 300 in the Monte-Carlo tests); this brings them closer (≈ 0.93). Used up to
-        2000 points per segment; parameters fixed by the caller or at a search bound stay fixed.
+        weights; mixture mean and variance). In the Monte-Carlo tests (functions drawn from the
+        prior) plug-in ML bands covered 0.90-0.92 instead of 0.95 for n = 60 to 300; with this,
+        0.93 (n = 100, orders 1 and 2). Used up to 2000 points per segment; parameters fixed by
+        the caller or at a search bound stay fixed.
 
     Attributes
     ----------
     info_ : dict
         ``kernel`` and, per (column, segment), a dict in ``info_["series"]`` with the fitted
-        ``length_scale``, ``signal_var``, ``noise_var`` (caller's units) and
-        ``log_marginal_likelihood``; with a single series these keys are also at the top level.
+        ``length_scale``, ``signal_var``, ``noise_var`` (caller's units), the restricted
+        ``log_marginal_likelihood``, ``n``, ``n_hyperparameter_fit`` (samples used for the
+        hyperparameters) and ``hyperparameter_uncertainty`` (``"plug-in"`` or the Laplace SDs);
+        with a single series these keys are also at the top level.
     """
 
     name: ClassVar[str] = "gp"
