@@ -67,8 +67,10 @@ SIGMA, TAU = 0.2, 0.01
 PACKAGES = ["derivreg", "numpy", "scipy", "pandas", "dask", "distributed", "threadpoolctl"]
 
 
-def simulate_panel(n_series: int, n_points: int, seed: int = 20261125) -> pd.DataFrame:
-    """Long panel (unit, t, x, u): exact zero-order-hold simulation of every series at once."""
+def simulate_panel(
+    n_series: int, n_points: int, seed: int = 20261125
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Long panel (unit, t, x, u) and the true ``a_g``: exact zero-order-hold simulation."""
     rng = np.random.default_rng(seed)
     a = -rng.uniform(0.5, 3.0, n_series)
     b = rng.uniform(0.5, 2.0, n_series)
@@ -87,7 +89,7 @@ def simulate_panel(n_series: int, n_points: int, seed: int = 20261125) -> pd.Dat
     for j in range(n_points - 1):
         x[:, j + 1] = phi * x[:, j] + (b * u[:, j] + c) * i0 + sd * w[:, j]
     y = x + TAU * rng.standard_normal(x.shape)
-    return pd.DataFrame(
+    panel = pd.DataFrame(
         {
             "unit": np.repeat(np.arange(n_series), n_points),
             "t": np.tile(t, n_series),
@@ -95,6 +97,7 @@ def simulate_panel(n_series: int, n_points: int, seed: int = 20261125) -> pd.Dat
             "u": u.ravel(),
         }
     )
+    return panel, a
 
 
 def designs(panel: pd.DataFrame, n_series: int, n_points: int, form: str):
@@ -111,6 +114,17 @@ def designs(panel: pd.DataFrame, n_series: int, n_points: int, form: str):
     held = 0.5 * (u[:, 1:-1] + u[:, :-2])  # a held input as the central difference sees it
     X = np.stack([np.ones_like(dx), x[:, 1:-1], held], axis=2)
     return X, dx
+
+
+def _default_label(form: str) -> str:
+    """The form's defaults, as the model class states them (they may change)."""
+    from derivreg.api import get_model_class
+
+    cls = get_model_class(form)
+    text = f"defaults: cov_type={cls.default_cov_type!r}"
+    if form == "gradient":
+        text += f", derivative={cls.option_defaults.get('derivative')!r}"
+    return text
 
 
 def bare_lstsq(X: np.ndarray, y: np.ndarray) -> float:
@@ -154,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     n_default = 10 if args.quick else 40  # subsample for the forms' default covariances
     repeats = 3
 
-    panel = simulate_panel(n_series, n_points)
+    panel, true_a = simulate_panel(n_series, n_points)
     truth_check = {}
     rows: list[dict[str, Any]] = []
     client = cluster = None
@@ -204,8 +218,9 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     pd.testing.assert_frame_equal(table, reference, check_exact=True)
         ok = reference["status"] == "ok"
-        est = reference[ok & (reference["term"] == "x")]["estimate"].to_numpy()
-        truth_check[form] = (int(ok.sum()), float(np.median(est)))
+        rows_x = reference[ok & (reference["term"] == "x")]
+        err = rows_x["estimate"].to_numpy() - true_a[rows_x["unit"].to_numpy()]
+        truth_check[form] = (len(rows_x), float(np.median(err)))
         ratios = {b: np.median(np.divide(times[b], times["lstsq"])) for b in backends}
         lstsq_s = float(np.median(times["lstsq"]))
         rows.append(
@@ -235,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                per_series_lstsq * n_fit)  # fmt: skip
         sub = panel[panel["unit"] < n_default]
         seconds, table = run(sub, form, "process")
-        label = "default cov (GLS)" if form == "integral" else "default (auto derivative, HAC)"
+        label = _default_label(form)
         failed = int((table["status"] == "error").sum())
         record(form, label + (f", {failed} failed" if failed else ""), "process", n_default,
                seconds, per_series_lstsq * n_default)  # fmt: skip
@@ -262,9 +277,11 @@ def main(argv: list[str] | None = None) -> None:
         "`engine='fit'` (derivreg.fit per group) gave the same estimates, SEs and intervals to "
         "rtol 1e-8 on its subsample.",
         "",
-        "Median estimate of the coefficient of x over the series (truth U(-3, -0.5), median "
-        "-1.75): "
-        + "; ".join(f"{f}: {m:.3f} from {n // 3} series" for f, (n, m) in truth_check.items()),
+        "Speed is the point here, but the estimates are real: median error of the coefficient "
+        "of x (truth a_g ~ U(-3, -0.5)) with the OLS covariance: "
+        + "; ".join(f"{f}: {m:+.3f} over {n} series" for f, (n, m) in truth_check.items())
+        + " — both OLS forms are biased toward zero in this regime (process noise, spans "
+        "|a|T of 5 to 30); coefficient recovery is the subject of benchmarks/recovery.py.",
         "",
     ]
     text = (
