@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from derivreg._threads import blas_limit
 from derivreg.exceptions import (
     ColumnNotFoundError,
     DataError,
@@ -199,21 +200,9 @@ def _as_list(by: str | Sequence[str]) -> list[str]:
     return by
 
 
-_CONTROLLER: Any = None
-
-
 def _one_blas_thread() -> Any:
-    """Context manager limiting BLAS/OpenMP pools to one thread.
-
-    ``threadpoolctl.threadpool_limits`` scans the loaded libraries on every call (milliseconds);
-    a controller made once per process and its ``limit`` are cheap.
-    """
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1)
+    """Context manager limiting BLAS/OpenMP pools to one thread (cheap: see ``_threads``)."""
+    return blas_limit(1)
 
 
 def group_codes(frame: pd.DataFrame, by: Sequence[str]) -> np.ndarray:
@@ -899,7 +888,7 @@ def _prepare(
     columns = [c for c in df.columns if str(c) in used]
     vector = _choose_engine(engine, df, model_spec, method, time, segment, input_hold, options)
     spec = _Spec(
-        formula=formula,
+        formula=model_spec,  # parsed once; dr.fit passes a ModelSpec through unchanged
         method=method,
         time=time,
         time_unit=time_unit,

@@ -423,8 +423,11 @@ def _parse_one(
     return response, order, terms, name
 
 
-def parse_formula(formula: str | Sequence[str] | Mapping[str, str]) -> ModelSpec:
+def parse_formula(formula: str | Sequence[str] | Mapping[str, str] | ModelSpec) -> ModelSpec:
     """Parse a formula, a list of formulas or a dict ``{name: formula}`` into a ModelSpec.
+
+    A :class:`ModelSpec` (already parsed, immutable) is returned unchanged, so callers that fit
+    the same relation many times (``fit_many``) parse it once.
 
     Parameters
     ----------
@@ -443,6 +446,8 @@ def parse_formula(formula: str | Sequence[str] | Mapping[str, str]) -> ModelSpec
         expression, a right-hand derivative of a state of order >= its left-hand order, or the
         same state on the left of two equations.
     """
+    if isinstance(formula, ModelSpec):
+        return formula
     if isinstance(formula, str):
         items: list[tuple[str | None, str]] = [(None, formula)]
     elif isinstance(formula, Mapping):

@@ -151,23 +151,27 @@ class DiffRegResults:
         with np.errstate(divide="ignore", invalid="ignore"):
             return (self.params / self.bse).rename("t")
 
-    def _dist(self) -> Any:
+    def _sf(self, z: FloatArray) -> FloatArray:
+        # module-level distribution functions: building a frozen scipy distribution costs ms
         if self.use_t and self.df_resid is not None:
-            return stats.t(self.df_resid)
-        return stats.norm()
+            return stats.t.sf(z, self.df_resid)
+        return stats.norm.sf(z)
+
+    def _ppf(self, q: float) -> float:
+        if self.use_t and self.df_resid is not None:
+            return float(stats.t.ppf(q, self.df_resid))
+        return float(stats.norm.ppf(q))
 
     @property
     def pvalues(self) -> pd.Series:
         """Two-sided p-values of ``θ_j = 0``."""
-        return pd.Series(
-            2 * self._dist().sf(np.abs(self.tvalues.to_numpy())), index=self._index, name="p"
-        )
+        return pd.Series(2 * self._sf(np.abs(self.tvalues.to_numpy())), index=self._index, name="p")
 
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
         """Confidence intervals ``θ̂ ± q_{1-α/2} se`` (columns ``lower``, ``upper``)."""
         if not 0 < alpha < 1:
             raise DataError(f"alpha must be in (0, 1), got {alpha}")
-        q = self._dist().ppf(1 - alpha / 2)
+        q = self._ppf(1 - alpha / 2)
         se = self.bse.to_numpy()
         return pd.DataFrame(
             {"lower": self._params - q * se, "upper": self._params + q * se}, index=self._index

@@ -50,6 +50,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from derivreg._threads import blas_limit
 from derivreg._typing import FloatArray, NanPolicy
 from derivreg.diagnostics import (
     STEADY_STATE_WARN,
@@ -211,10 +212,7 @@ class Model(abc.ABC):
                 f"cov_type={cov_type!r} is not available for method={self.method!r}; "
                 f"choose one of {list(self.cov_types)}"
             )
-        from threadpoolctl import threadpool_limits
-
-        limits = self.blas_threads
-        with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=limits):
+        with warnings.catch_warnings(record=True) as caught, blas_limit(self.blas_threads):
             warnings.simplefilter("always")
             res = self._fit(cov_type, **kwargs)
         for w in caught:
