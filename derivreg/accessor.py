@@ -31,15 +31,30 @@ class DerivregFrameAccessor:
         """Derivative of one column (a Series) or of several (a DataFrame).
 
         ``df.derivreg.derivative("x", method="spline")`` equals
-        ``dr.derivative(df["x"], method="spline")``; a list of columns (or ``None`` for all
-        numeric columns other than ``time=``/``segment=``) returns a DataFrame of ``d(col)``.
+        ``dr.derivative(df["x"], method="spline")`` (also with ``time=``/``segment=`` columns: one
+        column name always gives a Series, or ``estimate``/``se`` columns with ``return_se``); a
+        list of columns (or ``None`` for all numeric columns other than ``time=``/``segment=``)
+        returns a DataFrame of ``d(col)``.
         """
-        from derivreg.preprocess import derivative
+        from derivreg.preprocess import derivative, derivative_name
 
         if isinstance(columns, str):
             if kwargs.get("time") is None and kwargs.get("segment") is None:
                 return derivative(self._frame[columns], method=method, order=order, **kwargs)
-            columns = [columns]
+            # time/segment are columns of the frame: differentiate there, return the one column
+            # as a Series (or estimate/se like a Series input) so the shape does not depend on them
+            out = derivative(self._frame, method=method, order=order, columns=[columns], **kwargs)
+            name = derivative_name(columns, order)
+            if kwargs.get("return_se"):
+                frame = pd.DataFrame(
+                    {"estimate": out[name].to_numpy(), "se": out[f"se({name})"].to_numpy()},
+                    index=out.index,
+                )
+                frame.attrs.update(out.attrs)
+                return frame
+            series = out[name]
+            series.attrs.update(out.attrs)
+            return series
         return derivative(self._frame, method=method, order=order, columns=columns, **kwargs)
 
     def fit(self, formula: Any, method: str = "auto", **kwargs: Any) -> Any:
