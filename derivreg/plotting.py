@@ -91,6 +91,21 @@ def _segment_positions(sd: Any, segment: Any) -> list[tuple[Any, np.ndarray]]:
     raise DataError(f"segment {segment!r} is not in the data; segments are {sd.segment_labels}")
 
 
+def _time_label(res: DiffRegResults, sd: Any) -> str:
+    """x-axis label: the time column's name, or ``time [unit]`` for a datetime-like index."""
+    model = res.model
+    time = getattr(model, "time", None)
+    if isinstance(time, str):
+        return time
+    raw = getattr(model, "raw_data", None)
+    index = getattr(raw, "index", None)
+    if isinstance(index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
+        return f"time [{sd.time_unit}]"
+    if index is not None and index.name is not None:
+        return str(index.name)
+    return "time"
+
+
 def _line(ax: Any, t: FloatArray, y: FloatArray, label: str | None, **kw: Any) -> Any:
     (ln,) = ax.plot(t, y, label=label, **kw)
     return ln
@@ -253,7 +268,7 @@ def _panel_fit(
                     lw=1.5,
                 )
     ax.set_title("data and simulated fit")
-    ax.set_xlabel(f"time [{sd.time_unit}]" if sd.index is not None else "time")
+    ax.set_xlabel(_time_label(res, sd))
     ax.legend(fontsize=8)
 
 
@@ -289,7 +304,7 @@ def _panel_derivative(
             )
             _band(ax, sd.t[pos], fit[pos], fit_se[pos], z, None, fl.get_color())
     ax.set_title("derivative: estimate and fitted relation (bands pointwise)")
-    ax.set_xlabel(f"time [{sd.time_unit}]" if sd.index is not None else "time")
+    ax.set_xlabel(_time_label(res, sd))
     ax.legend(fontsize=8)
 
 
@@ -315,7 +330,7 @@ def _panel_resid(ax: Any, res: DiffRegResults, sd: Any, segs: list) -> None:
             color = ln.get_color()
     ax.axhline(0.0, color="0.4", lw=0.8)
     ax.set_title(f"residuals ({res.method})")
-    ax.set_xlabel(f"time [{sd.time_unit}]" if sd.index is not None else "time")
+    ax.set_xlabel(_time_label(res, sd))
     if len(names) > 1:
         ax.legend(fontsize=8)
 

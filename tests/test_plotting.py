@@ -19,6 +19,8 @@ from derivreg.exceptions import DataError, MethodNotAvailableError  # noqa: E402
 from derivreg.simulate import first_order  # noqa: E402
 
 Z = 1.959963984540054
+# the fits' own warnings (bias, excitation) are tested with the models; here only plots matter
+pytestmark = pytest.mark.filterwarnings("ignore::derivreg.exceptions.DerivregWarning")
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +75,7 @@ def test_results_figure_has_four_panels_with_the_simulated_fit(res_integral, dat
     np.testing.assert_allclose(fit_line.get_ydata(), sim)
     np.testing.assert_allclose(fit_line.get_xdata(), data.index.to_numpy(dtype=float))
     np.testing.assert_array_equal(_line(axes[0], "x (data)").get_ydata(), data["x"].to_numpy())
+    assert axes[0].get_xlabel() == "t"  # the index's name; no unit is invented for numeric time
 
 
 def test_derivative_panel_draws_the_fitted_right_side_with_its_parameter_band(res_integral, data):
@@ -149,6 +152,7 @@ def test_segment_selection_and_results_plot_method(data):
     )
     axes = res.plot(segment="b", panels=["fit", "resid"])
     assert len(axes) == 2
+    assert axes[1].get_xlabel() == "t"
     fit_line = _line(axes[0], "x (simulated fit)")
     assert len(fit_line.get_xdata()) == len(data)
     # one segment of several is simulated alone, from its own rows
