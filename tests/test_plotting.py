@@ -222,3 +222,29 @@ def test_missing_matplotlib_is_a_clear_error(res_integral, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(MethodNotAvailableError, match="matplotlib"):
         plotting.plot_results(res_integral)
+
+
+def test_system_draws_each_equation_with_its_own_coefficients():
+    lv = dr.simulate.lotka_volterra(n=60, t_end=15.0, tau=0.01, seed=3)[["x", "y"]]
+    res = dr.fit(
+        {"x": "d(x) ~ x + x:y - 1", "y": "d(y) ~ y + x:y - 1"},
+        data=lv,
+        method="gradient",
+        derivative="spline",
+    )
+    axes = plotting.plot_results(res, panels=["fit", "derivative", "resid"])
+    x, y = lv["x"].to_numpy(), lv["y"].to_numpy()
+    px, py = res.params_of("x"), res.params_of("y")
+    np.testing.assert_allclose(
+        _line(axes[1], "d(x) fitted: x + x:y").get_ydata(), px["x"] * x + px["x:y"] * x * y
+    )
+    np.testing.assert_allclose(
+        _line(axes[1], "d(y) fitted: y + x:y").get_ydata(), py["y"] * y + py["x:y"] * x * y
+    )
+    assert len(_bands(axes[1])) == 4  # estimate and fitted band per equation
+    sim = res.simulate()
+    for var in ("x", "y"):
+        np.testing.assert_allclose(
+            _line(axes[0], f"{var} (simulated fit)").get_ydata(), sim[var].to_numpy()
+        )
+    assert {ln.get_label() for ln in axes[2].get_lines()} >= {"d(x)", "d(y)"}
