@@ -252,4 +252,7 @@ def test_mc_measurement_noise_ml_unbiased(u: str, hold: str, sigma: float) -> No
 )
 def test_mc_slow(u: str, hold: str, sigma: float, tau: float, noise: str) -> None:
     est, se = _mc(500, u=u, hold=hold, sigma=sigma, tau=tau, noise=noise)
+    cov = np.mean(np.abs(est - [-1.0, 1.0]) <= 1.959964 * se, axis=0)
+    bias = (est.mean(axis=0) - [-1.0, 1.0]) / est.std(axis=0, ddof=1)
+    print(f"arimax {noise} {u}: coverage (a, b) {cov}, bias/SD {np.round(bias, 3)}")
     _check(est, se, coverage=noise == "process", bias=True)

@@ -197,6 +197,7 @@ def test_mc_coverage_and_bias_slow(cell: str, u: str) -> None:
     R = 500
     spec = {**CELLS[cell], "u": u, "hold": "zoh" if u == "switching" else "linear"}
     cov, bias = _mc(R, **spec, seed0=90000)
+    print(f"statespace {cell} {u}: coverage (a, b) {cov}, bias/SD {np.round(bias, 3)}")
     mc = np.sqrt(0.95 * 0.05 / R)
     assert np.all((cov >= 0.93 - 2 * mc) & (cov <= 0.97 + 2 * mc)), (cov, bias)
     assert np.all(np.abs(bias) < 0.2 + 2 / np.sqrt(R)), (cov, bias)
