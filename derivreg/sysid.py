@@ -695,7 +695,8 @@ def _normalise_mechanism(mechanism: str) -> str:
 
 def _check_log(log: Any, mechanism: str | None) -> tuple[pd.DataFrame, str]:
     if isinstance(log, (str, os.PathLike)):
-        log = read_sysid(log)
+        # a WPILog does not say which mechanism it holds: pass it on (JSON logs ignore it)
+        log = read_sysid(log, mechanism=_normalise_mechanism(mechanism) if mechanism else None)
     if not isinstance(log, pd.DataFrame):
         raise DataError(
             f"characterize needs a SysId log: a path or the DataFrame of dr.io.read_sysid, got "

@@ -231,6 +231,8 @@ def test_wpilog_drivetrain_sides_and_ambiguity(tmp_path):
     sysid_wpilog(path, motors=("drive-right", "drive-left"), routine="drive")
     log = dr.io.read_sysid(path, mechanism="Drivetrain")
     assert log.attrs["motors"] == ["drive-left", "drive-right"]
+    ch = dr.characterize(path, mechanism="drivetrain", method="sysid")
+    assert ch.mechanism == "drivetrain" and ch.info["nobs"] > 100
     assert set(log["side"]) == {"left", "right"}
     with pytest.raises(SysIdLogError, match="several motors"):
         dr.io.read_sysid(path)
