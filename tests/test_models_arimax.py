@@ -240,7 +240,7 @@ def test_mc_process_noise_least_squares_covers(u: str, hold: str) -> None:
 )
 def test_mc_measurement_noise_ml_unbiased(u: str, hold: str, sigma: float) -> None:
     noise = "measurement" if sigma == 0 else "both"
-    est, se = _mc(60, u=u, hold=hold, sigma=sigma, tau=0.1, noise=noise)
+    est, se = _mc(40, u=u, hold=hold, sigma=sigma, tau=0.1, noise=noise)
     _check(est, se, coverage=False, bias=True)
 
 
@@ -256,3 +256,13 @@ def test_mc_slow(u: str, hold: str, sigma: float, tau: float, noise: str) -> Non
     bias = (est.mean(axis=0) - [-1.0, 1.0]) / est.std(axis=0, ddof=1)
     print(f"arimax {noise} {u}: coverage (a, b) {cov}, bias/SD {np.round(bias, 3)}")
     _check(est, se, coverage=noise == "process", bias=True)
+
+
+def test_time_unit_rescales_ml_coefficients_and_errors() -> None:
+    df = first_order(-1.0, 1.0, 0.5, n=150, dt=0.5, u="switching", sigma=0.5, tau=0.1, seed=21)
+    ms = df[["x", "u"]].copy()
+    ms.index = ms.index * 1000.0
+    r_s = ARIMAX("d(x) ~ x + u", df[["x", "u"]], input_hold="zoh", noise="both").fit()
+    r_ms = ARIMAX("d(x) ~ x + u", ms, input_hold="zoh", noise="both").fit()
+    np.testing.assert_allclose(r_ms.params * 1000, r_s.params, rtol=1e-3)
+    np.testing.assert_allclose(r_ms.bse * 1000, r_s.bse, rtol=2e-2)

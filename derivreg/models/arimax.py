@@ -647,7 +647,7 @@ def _armax_ml(design: ARXDesign, linear: np.ndarray, q: int, theta0: FloatArray,
         r0, Z = parts(aa)
         return _ma_loglike(tt, p[k : k + q], float(np.exp(p[k + q])), Z, r0, seg)
 
-    steps = 1e-4 * np.maximum(np.abs(full), 1e-3 * (1.0 + np.max(np.abs(coef))))
+    steps = 1e-4 * np.maximum(np.abs(full), 1e-2 * (1.0 + np.max(np.abs(coef))))
     H = approx_hess3(full, ll_full, epsilon=steps)
     info_m = -0.5 * (H + H.T)
     try:

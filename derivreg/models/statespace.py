@@ -363,9 +363,16 @@ def fit_linear_sde(
         opt_mask[k + 1] = False
     nobs = model.nobs
 
+    # optimise over z = params / scale: coefficients in the data's units may be tiny or huge,
+    # BFGS starts from the identity Hessian and stops on an absolute gradient tolerance
+    scale = np.ones(model.n_params)
+    th0 = np.abs(start[:k])
+    scale[:k] = np.maximum(th0, 1e-2 * (th0.max() if k else 1.0)) if k else 1.0
+    scale[scale == 0] = 1.0
+
     def full(z: FloatArray) -> FloatArray:
         x = start.copy()
-        x[opt_mask] = z
+        x[opt_mask] = z * scale[opt_mask]
         return x
 
     def objective(z: FloatArray) -> float:
@@ -377,7 +384,10 @@ def fit_linear_sde(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         best = scipy.optimize.minimize(
-            objective, start[opt_mask], method="BFGS", options={"maxiter": maxiter, "gtol": 1e-7}
+            objective,
+            start[opt_mask] / scale[opt_mask],
+            method="BFGS",
+            options={"maxiter": maxiter, "gtol": 1e-7},
         )
     x = full(best.x)
     x[k + 1] = np.arctan2(abs(np.sin(x[k + 1])), abs(np.cos(x[k + 1])))  # fold ρ into [0, π/2]
@@ -430,7 +440,12 @@ def _inverse_information(model: _LinearSDE, x: FloatArray, free: np.ndarray) -> 
         full[free] = z
         return model.loglike(full)
 
-    H = approx_hess3(xf, ll_free)
+    # steps scaled to each parameter (statsmodels' default floors the scale at 0.1, far too
+    # coarse for coefficients that are small in the data's units)
+    theta_scale = 1.0 + float(np.max(np.abs(x[: model.k]))) if model.k else 1.0
+    steps = 1.2e-4 * np.maximum(np.abs(x), 0.1)  # statsmodels' default for the nuisance part
+    steps[: model.k] = 1e-4 * np.maximum(np.abs(x[: model.k]), 1e-2 * theta_scale)
+    H = approx_hess3(xf, ll_free, epsilon=steps[free])
     info = -0.5 * (H + H.T)
     cov = np.full((len(x), len(x)), np.nan)
     try:
