@@ -30,6 +30,7 @@ _LAZY = {
     "io": ("derivreg.io", None),
     "simulate": ("derivreg.simulate", None),
     "models": ("derivreg.models", None),
+    "plotting": ("derivreg.plotting", None),
     "preprocess": ("derivreg.preprocess", None),
     "DiffRegResults": ("derivreg.results", "DiffRegResults"),
 }

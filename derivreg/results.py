@@ -10,6 +10,7 @@ the diagnostics of the fit. Inference is Wald/normal by default:
 from __future__ import annotations
 
 import html
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from scipy import stats
 
 from derivreg._typing import FloatArray
 from derivreg.diagnostics import Diagnostics
-from derivreg.exceptions import DataError, MethodNotAvailableError
+from derivreg.exceptions import ConvergenceWarning, DataError, MethodNotAvailableError
 from derivreg.formula import ModelSpec, derivative_label
 
 if TYPE_CHECKING:
@@ -397,7 +398,6 @@ def _initial_state(t: FloatArray, y: FloatArray, order: int) -> list[float]:
 
 
 def _simulate(res: DiffRegResults, data: Any, rtol: float, atol: float) -> Any:
-    from scipy.integrate import solve_ivp
 
     from derivreg.timebase import prepare_data
 
@@ -460,8 +460,67 @@ def _simulate(res: DiffRegResults, data: Any, rtol: float, atol: float) -> Any:
             return dy
 
         max_step = float(np.min(np.diff(t))) if hold == "zoh" else np.inf
+        label = "" if sd.segment_labels[i] is None else f" (segment {sd.segment_labels[i]!r})"
+        sol, why = _solve_guarded(rhs, t, y0, rtol=rtol, atol=atol, max_step=max_step)
+        if sol is None:
+            warnings.warn(
+                f"simulate(){label}: {why}; the simulated path is NaN there",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+            continue
+        n_ok = sol.y.shape[1]
+        out[pos[:n_ok]] = sol.y.T
+        if n_ok < len(t):
+            warnings.warn(
+                f"simulate(){label}: the fitted relation diverges at t={sol.t[-1]:.6g} "
+                f"(|state| beyond {_BLOWUP:g} times the data scale); NaN after that",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+    cols = [derivative_label(v, k) for v, k in slots]
+    full = sd.to_caller(out)
+    if sd.index is None:
+        return full
+    return pd.DataFrame(full, index=sd.index, columns=cols)
+
+
+#: a simulated state this many times larger than the data scale counts as divergence
+_BLOWUP = 1e6
+
+
+class _BudgetExceeded(Exception):
+    pass
+
+
+def _solve_guarded(
+    rhs: Any, t: FloatArray, y0: FloatArray, *, rtol: float, atol: float, max_step: float
+) -> tuple[Any, str]:
+    """``solve_ivp`` that cannot hang: an evaluation budget and a divergence event.
+
+    A fitted relation may be unstable (it then grows without bound) or chatter at a switching
+    term such as ``sign(d(x))`` at rest; an unguarded adaptive solver can take minutes there.
+    Returns ``(solution, "")`` (possibly ending early at divergence) or ``(None, reason)``.
+    """
+    from scipy.integrate import solve_ivp
+
+    scale = 1.0 + float(np.max(np.abs(y0)))
+    budget = 2000 + 150 * len(t)  # held inputs jump at every sample: steps get rejected there
+    calls = [0]
+
+    def counted(s: float, y: FloatArray) -> FloatArray:
+        calls[0] += 1
+        if calls[0] > budget:
+            raise _BudgetExceeded
+        return rhs(s, y)
+
+    def blowup(s: float, y: FloatArray) -> float:
+        return _BLOWUP * scale - float(np.max(np.abs(y)))
+
+    blowup.terminal = True  # type: ignore[attr-defined]
+    try:
         sol = solve_ivp(
-            rhs,
+            counted,
             (t[0], t[-1]),
             y0,
             t_eval=t,
@@ -469,11 +528,13 @@ def _simulate(res: DiffRegResults, data: Any, rtol: float, atol: float) -> Any:
             atol=atol,
             max_step=max_step,
             method="LSODA",
+            events=blowup,
         )
-        if sol.success:
-            out[pos] = sol.y.T
-    cols = [derivative_label(v, k) for v, k in slots]
-    full = sd.to_caller(out)
-    if sd.index is None:
-        return full
-    return pd.DataFrame(full, index=sd.index, columns=cols)
+    except _BudgetExceeded:
+        return None, (
+            f"the solver needed more than {budget} evaluations (a stiff, chattering or unstable "
+            "fitted relation, e.g. sign() of a velocity at rest)"
+        )
+    if sol.status == -1:
+        return None, f"the ODE solver failed ({sol.message})"
+    return sol, ""

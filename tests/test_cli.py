@@ -109,7 +109,9 @@ def test_batch_parquet_equals_fit_many(tmp_path, panel_csv, small_panel):
     assert res.exit_code == 0, res.output
     assert "12 groups: 12 ok, 0 failed" in res.output
     table = normalize_table(pd.read_parquet(out), ["unit"])
-    pd.testing.assert_frame_equal(table, _reference(small_panel), check_exact=True)
+    # the CLI reads the panel back from CSV: pandas 2.2's default float parser may differ from
+    # the in-memory values in the last bit, so compare to rounding error, not bit for bit
+    pd.testing.assert_frame_equal(table, _reference(small_panel), check_exact=False, rtol=1e-12)
     assert not (tmp_path / "res.parquet.parts").exists()
 
 

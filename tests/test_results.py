@@ -19,6 +19,7 @@ from derivreg.diagnostics import (
 )
 from derivreg.exceptions import (
     ColumnNotFoundError,
+    ConvergenceWarning,
     DataError,
     FormulaError,
     IdentificationError,
@@ -81,6 +82,21 @@ def test_simulate_on_new_data_with_other_inputs(fitted):
     sim = res.simulate(new)
     assert sim.index.equals(new.index)
     assert np.abs(sim["x"] - new["x_true"]).max() < 0.1
+
+
+def test_simulate_of_a_diverging_relation_warns_and_stops(fitted):
+    """An unstable fitted relation (x' = +8 x) must not hang the solver: NaN after blow-up."""
+    _, res = fitted
+    unstable = DiffRegResults(
+        np.array([0.5, 8.0, 2.0]), res._cov, list(res.params.index), model=res.model
+    )
+    with pytest.warns(ConvergenceWarning, match="diverges"):
+        sim = unstable.simulate()
+    x = sim["x"].to_numpy()
+    assert np.isfinite(x[:10]).all() and np.isnan(x[-10:]).all()
+    finite = x[np.isfinite(x)]
+    # e^(8 t) from x0 reaches 1e6 x the data scale before the end of the 15 s record
+    assert np.abs(finite).max() <= 1e6 * (1 + np.abs(finite[0])) * 1.01
 
 
 def test_plot_is_not_available_yet(fitted):

@@ -255,6 +255,15 @@ class Preprocessor(abc.ABC):
         """The smoothed series (derivative of order 0), where the method has one."""
         return self.derivative(0, return_se=return_se)
 
+    def plot(self, ax: Any = None, **kwargs: Any) -> Any:
+        """Data and derivative estimate with pointwise bands (needs matplotlib).
+
+        See :func:`derivreg.plotting.plot_derivative` for the options.
+        """
+        from derivreg.plotting import plot_derivative
+
+        return plot_derivative(self, ax=ax, **kwargs)
+
 
 def check_min_points(n: int, need: int, who: str) -> None:
     """Raise :class:`TooFewPointsError` unless ``n >= need``."""
