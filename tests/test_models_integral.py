@@ -669,6 +669,9 @@ def test_dense_only_options_refused_above_their_size_limit(monkeypatch):
     monkeypatch.setattr(integral_mod, "QUADRATIC_LIMIT", 100)
     with pytest.raises(MethodNotAvailableError, match="O\\(n"):
         dr.fit("d(x, 3) ~ x + d(x)", third, method="integral")
+    monkeypatch.setattr(integral_mod, "DESIGN_LIMIT", 300 * 10)
+    with pytest.raises(MethodNotAvailableError, match="longer window"):
+        dr.fit(FIRST, _first(1), method="integral", input_hold="zoh", window=2.0)
     monkeypatch.setattr(integral_mod, "QUADRATIC_LIMIT", 10_000)
     res = dr.fit("d(x, 3) ~ x + d(x)", third, method="integral")
     assert np.all(np.isfinite(res.bse))

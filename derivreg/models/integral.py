@@ -61,7 +61,9 @@ refused (:class:`~derivreg.exceptions.MethodNotAvailableError`) above :data:`DEN
 rows. Integrals of order >= 3 inside the noise operators and the process covariance of relations
 of order >= 3 take O(n²) time (O(n) memory) and are refused above :data:`QUADRATIC_LIMIT` samples
 per block. The results equal the former dense computation to 1e-8 (tested against a dense
-reference).
+reference). Each window (or segment) adds its initial-condition columns to one dense design, so
+many windows cost O(n · columns²): n = 1e5 with ``window`` giving 500 windows takes ~70 s, and
+designs above :data:`DESIGN_LIMIT` entries are refused.
 
 Measured fit time, before (dense) → after, one core:
 
@@ -117,6 +119,9 @@ def _integrate_input(t: FloatArray, u: FloatArray, order: int, hold: str) -> Flo
 #: with m >= 3, the process covariance of a relation of order >= 3) is refused rather than
 #: computed in O(n²) time.
 QUADRATIC_LIMIT = 20_000
+#: Entries of the design (samples x columns, initial-condition columns included) above which a
+#: fit with many windows or segments is refused: n = 1e5 with 500 windows (5e7) takes ~70 s.
+DESIGN_LIMIT = 50_000_000
 #: Rows of Ω up to which ``cov_type="GLS"`` uses dense algebra where no banded form exists
 #: (relations of order >= 2, integrals of order >= 2 inside the noise operators).
 DENSE_GLS_LIMIT = 3_000
@@ -473,6 +478,15 @@ class IntegralOLS(Model):
         n = sd.nobs
         rows = np.concatenate([pos for _, pos in blocks])
         nb = len(blocks)
+        width = sum(len(eq.terms) + eq.order * nb for eq in eqs)
+        if len(rows) * width > DESIGN_LIMIT:
+            raise MethodNotAvailableError(
+                f"{nb} integration blocks ({'windows' if self.options['window'] else 'segments'}"
+                f") over {len(rows)} samples: the integral method carries each block's "
+                f"initial-condition terms as design columns, a dense {len(rows)}x{width} design "
+                f"(limit {DESIGN_LIMIT:.0e} entries; time grows as n x columns²). Use a longer "
+                "window, fewer segments, or fit independent series with dr.fit_many"
+            )
         X_eq, y_eq, names_eq = [], [], []
         for eq in eqs:
             p = eq.order
