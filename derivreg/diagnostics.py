@@ -150,8 +150,14 @@ def check_identification(
 
 
 def ljung_box(resid: FloatArray, lags: int | None = None) -> tuple[float, float, int]:
-    """Ljung–Box Q statistic, p-value and lag count (statsmodels ``acorr_ljungbox``)."""
-    from statsmodels.stats.diagnostic import acorr_ljungbox
+    """Ljung–Box Q statistic, p-value and lag count.
+
+    ``Q = n (n + 2) Σ_{k=1}^{h} ρ̂_k² / (n − k)`` with ``ρ̂`` from statsmodels' FFT ``acf``:
+    the same statistic as ``acorr_ljungbox``, which computes the autocorrelation the O(n²) way
+    (3 s at 10⁵ residuals, minutes at 10⁶).
+    """
+    from scipy import stats
+    from statsmodels.tsa.stattools import acf
 
     r = np.asarray(resid, dtype=float)
     r = r[np.isfinite(r)]
@@ -159,8 +165,11 @@ def ljung_box(resid: FloatArray, lags: int | None = None) -> tuple[float, float,
         return float("nan"), float("nan"), 0
     if lags is None:
         lags = int(min(10, r.size // 5))
-    table = acorr_ljungbox(r - r.mean(), lags=[lags])
-    return float(table["lb_stat"].iloc[0]), float(table["lb_pvalue"].iloc[0]), int(lags)
+    n = r.size
+    rho = acf(r, nlags=lags, fft=True)[1:]
+    k = np.arange(1, lags + 1)
+    q = float(n * (n + 2) * np.sum(rho**2 / (n - k)))
+    return q, float(stats.chi2.sf(q, lags)), int(lags)
 
 
 def steady_state_share(

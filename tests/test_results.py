@@ -210,3 +210,19 @@ def test_results_by_hand_system_index():
     assert list(res.to_frame()["equation"]) == ["a", "a", "b"]
     with pytest.raises(DataError):
         DiffRegResults([1.0], np.eye(2), ["x"])
+
+
+@pytest.mark.parametrize("n", [9, 50, 3000])
+def test_ljung_box_equals_statsmodels(n):
+    from statsmodels.stats.diagnostic import acorr_ljungbox
+
+    from derivreg.diagnostics import ljung_box
+
+    rng = np.random.default_rng(n)
+    x = 0.1 * np.cumsum(rng.normal(size=n)) + rng.normal(size=n)
+    lags = max(1, min(10, n // 5))
+    ref = acorr_ljungbox(x - x.mean(), lags=[lags])
+    q, p, used = ljung_box(x, lags)
+    assert used == lags
+    assert q == pytest.approx(float(ref["lb_stat"].iloc[0]), rel=1e-10)
+    assert p == pytest.approx(float(ref["lb_pvalue"].iloc[0]), rel=1e-8, abs=1e-300)
