@@ -16,7 +16,9 @@ So the rule is:
 1. one equation, linear in the state (``d(x) ~ x + u``, ``d(x, 2) ~ d(x) + u``):
    ``statespace`` — it estimates both noise variances, so it is right in every regime, handles
    irregular sampling and missing values; the results report the regime it found (the shares of
-   process and measurement noise in the one-step variance).
+   process and measurement noise in the one-step variance). ``arimax`` (ML, ``noise="both"``)
+   is 4-6x faster with similar efficiency on regular grids but covered only 0.88 / 0.92 under
+   measurement noise, so it is not chosen.
 2. terms nonlinear in the state or several equations: the noise regime is diagnosed from the
    output-error residuals — ``trajectory`` (exact for nonlinear relations, efficient under
    measurement noise) is fitted first, started from the integral form; if its residuals are
@@ -29,7 +31,14 @@ So the rule is:
    (one equation) or ``integral`` (system).
 
 ``results.info["chosen"]`` and ``info["reason"]`` say what was used and why (both are shown in
-the summary); the results are otherwise those of the chosen form.
+the summary, and ``results.method`` reads ``"auto -> <form>"``); the results are otherwise those
+of the chosen form.
+
+Measured (``tests/test_models_auto.py``, R = 200, n = 200, Δ = 0.5, a = −1, b = 1, c = 0.5,
+switching input): RMSE of auto / state-space = 1.00 in all three regimes (auto runs the same
+fit), coverage of a, b: process noise (σ = 0.5) 0.935 / 0.94, measurement noise (τ = 0.1)
+0.935 / 0.93, both (σ = 0.5, τ = 0.2) 0.94 / 0.95; the regime named correctly in 85% / 92.5% /
+91.5% of the replications.
 """
 
 from __future__ import annotations
