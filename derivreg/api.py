@@ -14,7 +14,7 @@ import pandas as pd
 from derivreg.exceptions import DataError, MethodNotAvailableError
 from derivreg.results import DiffRegResults
 
-__all__ = ["AUTO_FALLBACK", "MODELS", "fit", "get_model_class"]
+__all__ = ["MODELS", "fit", "get_model_class"]
 
 #: method name -> "module:Class"
 MODELS: dict[str, str] = {
@@ -26,9 +26,6 @@ MODELS: dict[str, str] = {
     "trajectory": "derivreg.models.trajectory:Trajectory",
     "auto": "derivreg.models.auto:AutoModel",
 }
-
-#: the form "auto" resolves to while no automatic selection is available
-AUTO_FALLBACK = "integral"
 
 
 def get_model_class(method: str) -> type:
@@ -84,8 +81,8 @@ def fit(
         Samples in rows, indexed by time or with a ``time=`` column.
     method : str
         ``"gradient"``, ``"integral"``, ``"arimax"``, ``"statespace"``, ``"fourier"``,
-        ``"trajectory"`` or ``"auto"``. While no automatic selection is installed, ``"auto"``
-        uses ``"integral"`` and says so in ``results.info["auto"]``.
+        ``"trajectory"`` or ``"auto"`` (the default: diagnoses the relation and the noise regime,
+        chooses a form and says which and why in ``results.info["chosen"]`` and the summary).
     time, time_unit, segment, input_hold, nan_policy
         See :class:`derivreg.models.base.Model`.
     cov_type : str, optional
@@ -97,15 +94,7 @@ def fit(
     -------
     DiffRegResults
     """
-    note = None
-    if method == "auto":
-        try:
-            cls = get_model_class("auto")
-        except MethodNotAvailableError:
-            cls = get_model_class(AUTO_FALLBACK)
-            note = f"{AUTO_FALLBACK} (no automatic selection available yet)"
-    else:
-        cls = get_model_class(method)
+    cls = get_model_class(method)
     model = cls(
         formula,
         data,
@@ -116,7 +105,4 @@ def fit(
         nan_policy=nan_policy,
         **options,
     )
-    res = model.fit(cov_type=cov_type)
-    if note is not None:
-        res.info["auto"] = note
-    return res
+    return model.fit(cov_type=cov_type)

@@ -115,12 +115,7 @@ def _check_method(method: str, options: dict[str, Any]) -> None:
     """Unknown or unavailable methods and unknown options raise once, up front."""
     from derivreg import api
 
-    try:
-        cls = api.get_model_class(method)
-    except MethodNotAvailableError:
-        if method != "auto":
-            raise
-        cls = api.get_model_class(getattr(api, "AUTO_FALLBACK", "integral"))
+    cls = api.get_model_class(method)
     known = getattr(cls, "option_defaults", None)
     if known is None:
         return

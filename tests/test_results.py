@@ -99,23 +99,12 @@ def test_simulate_of_a_diverging_relation_warns_and_stops(fitted):
     assert np.abs(finite).max() <= 1e6 * (1 + np.abs(finite[0])) * 1.01
 
 
-def test_plot_is_not_available_yet(fitted):
-    _, res = fitted
-    try:
-        import derivreg.plotting  # noqa: F401
-    except ImportError:
-        with pytest.raises(MethodNotAvailableError):
-            res.plot()
-
-
 def test_auto_says_what_it_used_and_registry_errors(monkeypatch):
     df = first_order(-1.0, 2.0, 0.5, n=200, dt=0.05, tau=0.02, seed=1)
-    res = dr.fit(FIRST, df, input_hold="zoh")
-    try:
-        import derivreg.models.auto  # noqa: F401
-    except ImportError:
-        assert "integral" in res.info["auto"]
-        assert "auto" in res.summary()
+    res = dr.fit(FIRST, df, input_hold="zoh")  # method="auto" is the default
+    assert res.method == f"auto -> {res.info['chosen']}"
+    assert res.info["chosen"] in api.MODELS and res.info["reason"]
+    assert res.info["reason"] in res.summary()
     with pytest.raises(DataError, match="unknown method"):
         dr.fit(FIRST, df, method="bogus")
     monkeypatch.setitem(api.MODELS, "later", "derivreg.models.not_written_yet:Later")
