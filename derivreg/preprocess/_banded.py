@@ -506,6 +506,25 @@ def knot_positions(tau: FloatArray, step: float, uniform: bool) -> np.ndarray:
     return pos
 
 
+#: early stopping of the smoothing walk needs the residual variance within this factor of the
+#: pilot noise variance (see :meth:`SmoothingSearch.search`)
+_PILOT_GATE = 2.0
+
+
+def pilot_noise_variance(y: FloatArray, w: FloatArray, k: int) -> float:
+    """Difference-based pilot estimate of the noise variance (observed points only).
+
+    ``sigma^2 ~ mean((Delta^k y)^2) / C(2k, k)``: the ``k``-th differences of white noise have
+    variance ``C(2k, k) sigma^2`` while those of a signal smooth on the sampling scale vanish,
+    so this is the noise variance plus a (positive) signal leak. Used only to gate the search.
+    """
+    obs = np.asarray(y)[np.asarray(w) > 0]
+    if len(obs) <= k:
+        return 0.0
+    d = np.diff(obs, k)
+    return float(np.mean(d * d)) / math.comb(2 * k, k)
+
+
 @dataclass
 class Selection:
     """Outcome of the smoothing-parameter search."""
@@ -534,6 +553,7 @@ class SmoothingSearch:
         self.min_gap = float(np.min(np.diff(tau))) if self.n > 1 else 1.0
         self._problems: dict[int, IRWProblem] = {}
         self.n_eval = 0
+        self.pilot_r = pilot_noise_variance(y, w, m)
 
     def problem(self, step: float) -> IRWProblem:
         if self.uniform:
@@ -606,14 +626,24 @@ class SmoothingSearch:
         grid = np.arange(hi, lo - 1e-9, -spacing)
         best_x, best_v = float(grid[0]), math.inf
         rising = 0
+        # The smooth end is a plateau: while b exceeds the signal's own scale the fit is the
+        # detrending polynomial, the criterion rises slowly as b falls and only drops once the
+        # fit starts to follow the signal. A walk that stops "in the first basin" therefore
+        # stops on the plateau (lam -> infinity, a flat estimate; the failure at >= 3e5 points).
+        # Early stopping is allowed only once the fit has reached the noise level, i.e. its
+        # residual variance is within _PILOT_GATE of a difference-based pilot estimate.
+        resolved = False
+        dof = max(int(np.count_nonzero(self.w)) - self.m, 1)
         for x in grid:
-            v = self.evaluate(float(x), criterion, r, q)[0]
+            v, _, fit, _ = self.evaluate(float(x), criterion, r, q)
+            if fit is not None and fit.pen_rss / dof <= _PILOT_GATE * self.pilot_r:
+                resolved = True
             if v < best_v:
                 best_x, best_v, rising = float(x), v, 0
             else:
                 rising += 1
-                if rising >= 3 and long and math.isfinite(best_v):
-                    break  # long series: stop the walk in the first basin (saves setups)
+                if rising >= 3 and long and resolved and math.isfinite(best_v):
+                    break  # long series: stop the walk in the basin (saves setups)
         if not math.isfinite(best_v):
             raise ConvergenceError(
                 "the smoothing criterion could not be evaluated at any smoothing level"
