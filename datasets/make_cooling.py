@@ -20,7 +20,7 @@ from derivreg.simulate import first_order, inputs
 
 HERE = Path(__file__).resolve().parent
 SEED = 20261125
-N_UNITS, N, DT, SIGMA, TAU = 50, 80, 1.0, 0.05, 0.1
+N_UNITS, N, DT, SIGMA, TAU = 50, 300, 1.0, 0.05, 0.1
 
 
 def build() -> tuple[pd.DataFrame, pd.DataFrame]:

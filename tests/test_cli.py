@@ -249,7 +249,7 @@ def test_datasets_lists_and_describes():
         assert name in res.output
     res = invoke("datasets", "cooling_panel")
     assert res.exit_code == 0, res.output
-    assert "4000 rows" in res.output
+    assert f"{len(dr.datasets.load('cooling_panel'))} rows" in res.output
     res = invoke("datasets", "no_such_data")
     assert res.exit_code == 2 and "cooling_panel" in res.output
 

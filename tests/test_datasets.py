@@ -24,7 +24,7 @@ EXPECTED = {
     "gas_furnace": (296, ["time", "gas_rate", "co2"]),
     "uspop": (19, ["year", "population"]),
     "motor_sysid": (4000, ["test", "t", "u", "x", "v", "x_true", "v_true", "a_true"]),
-    "cooling_panel": (4000, ["unit", "t", "u", "x"]),
+    "cooling_panel": (15000, ["unit", "t", "u", "x"]),
 }
 DATA = datasets.data_dir()
 
