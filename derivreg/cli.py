@@ -178,7 +178,11 @@ FormulaOpt = Annotated[
 ]
 MethodOpt = Annotated[
     str,
-    typer.Option("--method", "-m", help="gradient, integral, arimax, statespace, fourier or auto."),
+    typer.Option(
+        "--method",
+        "-m",
+        help="auto, statespace, arimax, integral, gradient, fourier or trajectory.",
+    ),
 ]
 TimeOpt = Annotated[
     str | None,

@@ -337,6 +337,19 @@ class DiffRegResults:
         """
         return _simulate(self, data, rtol=rtol, atol=atol)
 
+    def refine(self, **options: Any) -> DiffRegResults:
+        """Refine this fit by trajectory (output-error) least squares, started from it.
+
+        Minimises ``Σ (y_k − x̂(t_k; θ, x_0))²`` over the coefficients and the initial states by
+        integrating the fitted relation (Gauss–Newton); efficient under measurement noise, also
+        for relations nonlinear in the state. ``options`` are those of
+        :class:`derivreg.models.trajectory.Trajectory` (``scale``, ``rtol``, ...) and
+        ``cov_type``. Returns a new fit with ``method="trajectory"``.
+        """
+        from derivreg.models.trajectory import refine
+
+        return refine(self, **options)
+
     def plot(self, *args: Any, **kwargs: Any) -> Any:
         """Plot the fit (needs :mod:`derivreg.plotting`)."""
         try:

@@ -131,8 +131,10 @@ def test_exact_path_agrees_with_simulate_and_refine_matches() -> None:
         warnings.simplefilter("ignore")
         grad = dr.fit("d(x) ~ x + u", data, method="gradient", input_hold="linear")
         ref = refine(grad)
+        via_results = grad.refine()
     assert ref.method == "trajectory" and "gradient" in ref.info["start"]
     np.testing.assert_allclose(ref.params, res.params, rtol=1e-4)
+    np.testing.assert_allclose(via_results.params, ref.params, rtol=1e-10)
     # the sandwich agrees with the model-based covariance under white homoscedastic noise
     sand = _quiet_fit(Trajectory("d(x) ~ x + u", data, input_hold="linear"), cov_type="sandwich")
     np.testing.assert_allclose(sand.bse, res.bse, rtol=0.3)

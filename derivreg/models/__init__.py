@@ -1,7 +1,7 @@
 """Regression forms of a differential relation, one module per form, all returning DiffRegResults.
 
 Classes are imported lazily: ``GradientOLS``, ``IntegralOLS``, ``ARIMAX``, ``StateSpace``,
-``FrequencyDomain``, ``Trajectory`` (a form whose module is not installed raises
+``FrequencyDomain``, ``Trajectory`` and ``AutoModel`` (a form whose module is not installed raises
 :class:`~derivreg.exceptions.MethodNotAvailableError`). See :mod:`derivreg.models.base` for how
 to add a form.
 """
@@ -16,6 +16,7 @@ from derivreg.models.base import Model
 
 __all__ = [
     "ARIMAX",
+    "AutoModel",
     "FrequencyDomain",
     "GradientOLS",
     "IntegralOLS",
