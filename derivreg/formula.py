@@ -43,6 +43,7 @@ import numpy as np
 
 from derivreg._typing import FloatArray
 from derivreg.exceptions import ColumnNotFoundError, FormulaError
+from derivreg.preprocess.base import derivative_name
 
 __all__ = [
     "Equation",
@@ -76,11 +77,7 @@ EVAL_CONTEXT: dict[str, Any] = {
 
 def derivative_label(name: str, order: int) -> str:
     """Display name of the ``order``-th derivative of ``name``: ``x``, ``d(x)``, ``d(x, 2)``."""
-    if order == 0:
-        return name
-    if order == 1:
-        return f"d({name})"
-    return f"d({name}, {order})"
+    return derivative_name(name, order)
 
 
 def _placeholder(name: str, order: int) -> str:

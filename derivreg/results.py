@@ -395,6 +395,44 @@ def _input_function(t: FloatArray, u: FloatArray, hold: str) -> Any:
     return f
 
 
+def ode_rhs(
+    spec: ModelSpec,
+    theta: FloatArray,
+    slots: dict[tuple[str, int], int],
+    inputs: dict[str, Any],
+) -> Any:
+    """Right-hand side ``dz/dt`` of the fitted relation as a first-order ODE system.
+
+    The state vector ``z`` holds every state and its derivatives below its equation order, at the
+    positions ``slots[(var, k)]``; ``z_(var,k)' = z_(var,k+1)`` below the top order and the top
+    derivative is the equation's right side ``Σ_j θ_j g_j`` evaluated on ``z`` and the inputs
+    (``inputs[name](s, order)``, see :func:`_input_function`). Shared by :meth:`simulate` and the
+    trajectory form.
+    """
+    eq_params: list[FloatArray] = []
+    start = 0
+    for eq in spec.equations:
+        eq_params.append(np.asarray(theta[start : start + len(eq.terms)], dtype=float))
+        start += len(eq.terms)
+    chain = [(j, slots[(var, k + 1)]) for (var, k), j in slots.items() if k + 1 < spec.states[var]]
+    rows = [slots[(eq.response, eq.order - 1)] for eq in spec.equations]
+
+    def rhs(s: float, y: FloatArray) -> FloatArray:
+        def value(var: str, order: int) -> float:
+            if (var, order) in slots:
+                return float(y[slots[(var, order)]])
+            return inputs[var](s, order)
+
+        dy = np.empty_like(y)
+        for j, nxt in chain:
+            dy[j] = y[nxt]
+        for eq, th, row in zip(spec.equations, eq_params, rows, strict=True):
+            dy[row] = float(eq.rhs(th, value))
+        return dy
+
+    return rhs
+
+
 def _initial_state(t: FloatArray, y: FloatArray, order: int) -> list[float]:
     """``x(t0), x'(t0), ...`` from a local polynomial fit of the first samples."""
     if order == 1:
@@ -432,11 +470,6 @@ def _simulate(res: DiffRegResults, data: Any, rtol: float, atol: float) -> Any:
             min_points=2,
         )
     params = res._params
-    eq_params: list[FloatArray] = []
-    start = 0
-    for eq in spec.equations:
-        eq_params.append(params[start : start + len(eq.terms)])
-        start += len(eq.terms)
     states = list(spec.states.items())
     slots: dict[tuple[str, int], int] = {}
     for var, p in states:
@@ -458,20 +491,7 @@ def _simulate(res: DiffRegResults, data: Any, rtol: float, atol: float) -> Any:
                 key = (var, k)
                 y0[slots[key]] = ic[key] if ic is not None and key in ic else est[k]
 
-        def rhs(s: float, y: FloatArray, inputs: dict[str, Any] = inputs) -> FloatArray:
-            def value(var: str, order: int) -> float:
-                if (var, order) in slots:
-                    return float(y[slots[(var, order)]])
-                return inputs[var](s, order)
-
-            dy = np.empty_like(y)
-            for (var, k), j in slots.items():
-                if k + 1 < spec.states[var]:
-                    dy[j] = y[slots[(var, k + 1)]]
-            for eq, th in zip(spec.equations, eq_params, strict=True):
-                dy[slots[(eq.response, eq.order - 1)]] = float(eq.rhs(th, value))
-            return dy
-
+        rhs = ode_rhs(spec, params, slots, inputs)
         max_step = float(np.min(np.diff(t))) if hold == "zoh" else np.inf
         label = "" if sd.segment_labels[i] is None else f" (segment {sd.segment_labels[i]!r})"
         sol, why = _solve_guarded(rhs, t, y0, rtol=rtol, atol=atol, max_step=max_step)

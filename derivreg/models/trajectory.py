@@ -50,7 +50,7 @@ from derivreg.exceptions import (
 )
 from derivreg.formula import derivative_label
 from derivreg.models.base import Model
-from derivreg.results import DiffRegResults, _initial_state, _input_function
+from derivreg.results import DiffRegResults, _initial_state, _input_function, ode_rhs
 
 __all__ = ["Trajectory", "refine"]
 
@@ -235,15 +235,6 @@ class Trajectory(Model):
         spec = self.spec
         slots = self.slots_
         sd = self.data
-        eq_params = []
-        start = 0
-        for eq in spec.equations:
-            eq_params.append(theta[start : start + len(eq.terms)])
-            start += len(eq.terms)
-        chain = [
-            (j, slots[(var, k + 1)]) for (var, k), j in slots.items() if k + 1 < spec.states[var]
-        ]
-        rows = [slots[(eq.response, eq.order - 1)] for eq in spec.equations]
         out = np.full((sd.nobs, len(slots)), np.nan)
         bound = self.bound_
 
@@ -257,19 +248,7 @@ class Trajectory(Model):
                 for c in spec.exogenous
             }
 
-            def rhs(s: float, y: FloatArray, inputs: dict[str, Any] = inputs) -> FloatArray:
-                def value(var: str, order: int) -> float:
-                    if (var, order) in slots:
-                        return float(y[slots[(var, order)]])
-                    return inputs[var](s, order)
-
-                dy = np.empty_like(y)
-                for j, nxt in chain:
-                    dy[j] = y[nxt]
-                for eq, th, row in zip(spec.equations, eq_params, rows, strict=True):
-                    dy[row] = float(eq.rhs(th, value))
-                return dy
-
+            rhs = ode_rhs(spec, theta, slots, inputs)
             max_step = float(np.min(np.diff(t))) if self.input_hold == "zoh" and inputs else np.inf
             with np.errstate(all="ignore"):
                 sol = solve_ivp(
