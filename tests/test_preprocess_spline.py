@@ -268,3 +268,31 @@ def test_bad_inputs_raise_derivreg_errors() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SmoothingSpline().fit(y, time=t).derivative(3)  # quintic: order 3 is fine
+
+
+def _benchmark_scaling_signal(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """benchmarks/derivatives.py's scaling signal: sines at 1 and 1.7 Hz, dt = 0.01, N(0, 0.1²)."""
+    t = np.arange(n) * 0.01
+    w1, w2 = 2 * np.pi, 2 * np.pi * 1.7
+    x = np.sin(w1 * t) + np.sin(w2 * t)
+    dx = w1 * np.cos(w1 * t) + w2 * np.cos(w2 * t)
+    return t, x + np.random.default_rng(seed).normal(0.0, 0.1, n), dx
+
+
+@pytest.mark.parametrize("method", ["spline", "kalman"])
+def test_long_series_as_accurate_as_short_ones(method: str) -> None:
+    # regression (issue 2): above 1e5 points the smoothing search stopped on the plateau at the
+    # smooth end (lam -> inf, knot step 2^17, flat estimate with RMSE 8.8 = size of x'). With
+    # more data of the same signal the estimate can only get better: at 2e5 points the
+    # derivative RMSE must stay within 1.2x of that at 2e4 (both ~0.50; about 3 s together)
+    rmse, info = {}, {}
+    for n in (20_000, 200_000):
+        t, y, dx = _benchmark_scaling_signal(n, seed=n)
+        est = pp.get_preprocessor(method).fit(y, time=t)
+        d = np.asarray(est.derivative(1))
+        rmse[n] = float(np.sqrt(np.mean((d[5:-5] - dx[5:-5]) ** 2)))
+        info[n] = est.info_
+    assert rmse[200_000] <= 1.2 * rmse[20_000], (rmse, info[200_000])
+    assert rmse[200_000] < 0.1 * float(np.sqrt(np.mean(dx**2)))  # far from a flat fit
+    assert info[200_000]["noise_sd"] == pytest.approx(0.1, rel=0.05)
+    assert info[200_000]["knot_step"] <= 4

@@ -67,14 +67,15 @@ def sum_logdet_q(delta: FloatArray, m: int) -> float:
     return float(len(delta) * logdet_c + 2.0 * expo.sum() * np.sum(np.log(delta)))
 
 
-def _penalty_blocks(delta: FloatArray, m: int) -> tuple[Any, Any, Any]:
+def _penalty_blocks(delta: FloatArray, m: int, uniform: bool = False) -> tuple[Any, Any, Any]:
     """Entries of ``T'Q^{-1}T``, ``-T'Q^{-1}`` and ``Q^{-1}`` per spacing (nested lists).
 
     Entries are arrays of length ``len(delta)``, or scalars when the grid is regular (the same
-    block for every spacing), which keeps the assembly O(n) with small constants.
+    block for every spacing; ``uniform`` says so, rounding in the knot times notwithstanding),
+    which keeps the assembly O(n) with small constants.
     """
     d: Any
-    if len(delta) and np.ptp(delta) <= 1e-12 * float(np.mean(delta)):
+    if len(delta) and (uniform or np.ptp(delta) <= 1e-12 * float(np.mean(delta))):
         d = float(np.mean(delta))
     else:
         d = delta
@@ -207,8 +208,12 @@ class IRWProblem:
         self._zpat: FloatArray | None = None
         u = 2 * m - 1
         self.u = u
-        ab = np.zeros((u + 1, nk * m))
-        b11, b12, b22 = _penalty_blocks(delta, m)
+        # column-major bands: LAPACK/BLAS copy C-ordered ones on every call (dsbmv on 3e6
+        # states: 0.4 s instead of 0.03 s)
+        ab = np.zeros((u + 1, nk * m), order="F")
+        self._scratch: FloatArray | None = None
+        # every point a knot on a uniform grid: all intervals equal up to rounding (1e-9)
+        b11, b12, b22 = _penalty_blocks(delta, m, self.uniform and nk == n)
         stop = (nk - 1) * m
         for a in range(m):
             for b in range(a, m):
@@ -219,14 +224,24 @@ class IRWProblem:
                 # (k, k+1) block: row k*m + a, column (k+1)*m + b
                 ab[u - (m + b - a), m + b : stop + m + b : m] += b12[a][b]
         self.a_band = ab
-        # data term Z'WZ (banded, same pattern) and Z'Wy
-        self.zw_band = np.zeros((u + 1, nk * m))
+        # data term Z'WZ (banded, same pattern; with every point a knot only the weights on the
+        # f-diagonal, kept as a vector: a full band would cost 100+ MB at 1e6 points) and Z'Wy
+        self._zw_band: FloatArray | None = None
         self.rhs = np.zeros(nk * m)
         if self.all_knots:
-            self.zw_band[u, ::m] = self.w
             self.rhs[::m] = self.wy
         else:
+            self._zw_band = np.zeros((u + 1, nk * m), order="F")
             self._data_term(tau, kt)
+
+    @property
+    def zw_band(self) -> FloatArray:
+        """``Z'WZ`` in upper banded storage (built on demand when every point is a knot)."""
+        if self._zw_band is None:
+            band = np.zeros((self.u + 1, self.n_knots * self.m), order="F")
+            band[self.u, :: self.m] = self.w
+            return band
+        return self._zw_band
 
     @property
     def interval(self) -> np.ndarray:
@@ -325,11 +340,24 @@ class IRWProblem:
         return out
 
     # ------------------------------------------------------------------ factorisation
-    def factor(self, lam: float, need_rss: bool = True) -> IRWFit:
-        """Factorise ``H = Z'WZ + lam A`` and solve for the posterior mean."""
+    def factor(self, lam: float, need_rss: bool = True, scratch: bool = False) -> IRWFit:
+        """Factorise ``H = Z'WZ + lam A`` and solve for the posterior mean.
+
+        With ``scratch`` the factor is written into a buffer owned by the problem and reused by
+        the next ``scratch`` call (trial fits of a search: fresh 100 MB arrays cost more in page
+        faults than the factorisation itself); :meth:`release_scratch` hands it to a fit for good.
+        """
         m = self.m
-        ab = lam * self.a_band
-        ab += self.zw_band
+        if scratch:
+            if self._scratch is None:
+                self._scratch = np.empty_like(self.a_band)  # column-major like a_band
+            ab = np.multiply(self.a_band, lam, out=self._scratch)
+        else:
+            ab = lam * self.a_band
+        if self._zw_band is None:
+            ab[self.u, ::m] += self.w
+        else:
+            ab += self._zw_band
         try:
             cb = cholesky_banded(ab, lower=False, overwrite_ab=True, check_finite=False)
         except LinAlgError as exc:
@@ -339,17 +367,35 @@ class IRWProblem:
             ) from exc
         x = cho_solve_banded((cb, False), self.rhs, check_finite=False)
         # iterative refinement: H can be ill-conditioned (cond ~ 1e10-1e12) and y'W(y - Zx)
-        # below cancels; two steps make x accurate to ~(cond eps)^2
+        # below cancels; each step multiplies the error by ~cond eps. A second step only when
+        # the first correction was not already negligible.
         for _ in range(2):
-            hx = dsbmv(self.u, lam, self.a_band, x) + dsbmv(self.u, 1.0, self.zw_band, x)
-            x = x + cho_solve_banded((cb, False), self.rhs - hx, check_finite=False)
+            hx = dsbmv(self.u, lam, self.a_band, x)
+            if self._zw_band is None:
+                hx[::m] += self.w * x[::m]
+            else:
+                hx = dsbmv(self.u, 1.0, self._zw_band, x, beta=1.0, y=hx, overwrite_y=1)
+            np.subtract(self.rhs, hx, out=hx)
+            dx = cho_solve_banded((cb, False), hx, overwrite_b=True, check_finite=False)
+            x += dx
+            if np.max(np.abs(dx)) <= 1e-9 * np.max(np.abs(x)):
+                break
         mean = x.reshape(self.n_knots, m)
         # y'W(y - Zx) and |W^(1/2)(y - Zx)|^2 without forming Zx: O(knots)
         rx = float(np.dot(self.rhs, x))
         pen = self.ywy - rx
-        rss = self.ywy - 2.0 * rx + _band_quad(self.zw_band, x) if need_rss else math.nan
+        if not need_rss:
+            rss = math.nan
+        elif self._zw_band is None:
+            rss = self.ywy - 2.0 * rx + float(np.dot(self.w * x[::m], x[::m]))
+        else:
+            rss = self.ywy - 2.0 * rx + _band_quad(self._zw_band, x)
         logdet = 2.0 * float(np.sum(np.log(cb[self.u])))
         return IRWFit(lam, cb, mean, rss, pen, logdet)
+
+    def release_scratch(self) -> None:
+        """Let the fit that holds the scratch buffer keep it (the next fit allocates anew)."""
+        self._scratch = None
 
     def neg2_loglik(self, fit: IRWFit, r: float | None = None) -> tuple[float, float]:
         """``-2 log`` diffuse likelihood and the noise variance used (profiled when ``r=None``).
@@ -370,11 +416,12 @@ class IRWProblem:
         return val, r
 
     # ------------------------------------------------------------------ selected inverse
-    def selected_inverse(self, fit: IRWFit, full: bool) -> FloatArray:
+    def selected_inverse(self, fit: IRWFit, full: bool | str) -> FloatArray:
         """Blocks of ``H^{-1}``.
 
         Returns (K, 2m, 2m), the joint block of ``(x_j, x_{j+1})`` at every knot (entries past
-        the end are zero), if ``full``; else (K,), the ``f``-``f`` diagonal entries only.
+        the end are zero), if ``full`` is true; (K, m), the variances of the ``m`` states at
+        every knot, if ``full == "diag"``; else (K,), the ``f``-``f`` diagonal entries only.
         """
         m, u = self.m, self.u
         cb = fit.chol
@@ -421,12 +468,20 @@ class IRWProblem:
             cur = phi[c] @ cur @ phi[c].T + s_part[c]
         # pass 3: re-run every chunk from its true end window, keep block-start windows
         nb = length // m
-        out = np.empty((n_chunks, nb, w, w)) if full else np.empty((n_chunks, nb))
+        diag = full == "diag"
+        if diag:
+            out = np.empty((n_chunks, nb, m))
+        else:
+            out = np.empty((n_chunks, nb, w, w)) if full else np.empty((n_chunks, nb))
+        idx = np.arange(m)
         mat = start
         for j in range(length - 1, -1, -1):
             mat = step(mat, v[:, j], dvec[:, j])
             if j % m == 0:
-                out[:, j // m] = mat if full else mat[:, 0, 0]
+                if diag:
+                    out[:, j // m] = mat[:, idx, idx]
+                else:
+                    out[:, j // m] = mat if full else mat[:, 0, 0]
         return out.reshape(n_chunks * nb, *out.shape[2:])[: self.n_knots]
 
     def trace_hat(self, fit: IRWFit) -> float:
@@ -509,6 +564,8 @@ def knot_positions(tau: FloatArray, step: float, uniform: bool) -> np.ndarray:
 #: early stopping of the smoothing walk needs the residual variance within this factor of the
 #: pilot noise variance (see :meth:`SmoothingSearch.search`)
 _PILOT_GATE = 2.0
+#: residual variance beyond this multiple of the pilot: the fit is far from the noise level
+_PILOT_FAR = 10.0
 
 
 def pilot_noise_variance(y: FloatArray, w: FloatArray, k: int) -> float:
@@ -555,11 +612,20 @@ class SmoothingSearch:
         self.n_eval = 0
         self.pilot_r = pilot_noise_variance(y, w, m)
 
-    def problem(self, step: float) -> IRWProblem:
+    def _norm_step(self, step: float) -> float:
         if self.uniform:
-            step = max(1, int(step))
-        elif step * 0.5 < self.min_gap:
-            step = 0.0  # every point is a knot
+            return max(1, int(step))
+        return 0.0 if step * 0.5 < self.min_gap else step  # 0: every point is a knot
+
+    def _key(self, log10_b: float, step: float | None) -> tuple[float, float]:
+        """Memo key of an evaluation: ``log10 b`` and the knot step actually used."""
+        return (
+            round(log10_b, 9),
+            self._norm_step(knot_step(log10_b, self.m) if step is None else step),
+        )
+
+    def problem(self, step: float) -> IRWProblem:
+        step = self._norm_step(step)
         if step not in self._problems:
             self._problems[step] = IRWProblem(
                 self.tau, self.y, self.w, self.m, step, uniform=self.uniform
@@ -573,17 +639,19 @@ class SmoothingSearch:
         r: float | None = None,
         q: float | None = None,
         step: float | None = None,
+        scratch: bool = False,
     ) -> tuple[float, IRWProblem, IRWFit, float]:
         """Criterion value (smaller is better), problem, fit and noise variance at ``b``.
 
-        The knots follow ``b`` (:func:`knot_step`) unless ``step`` is given.
+        The knots follow ``b`` (:func:`knot_step`) unless ``step`` is given. With ``scratch``
+        the fit's factor lives in the problem's reusable buffer (see :meth:`IRWProblem.factor`).
         """
         m = self.m
         lam = 10.0 ** (2 * m * log10_b)
         prob = self.problem(knot_step(log10_b, m) if step is None else step)
         self.n_eval += 1
         try:
-            fit = prob.factor(lam, need_rss=criterion == "gcv")
+            fit = prob.factor(lam, need_rss=criterion == "gcv", scratch=scratch)
         except ConvergenceError:
             return math.inf, prob, None, math.nan  # type: ignore[return-value]
         if not (fit.pen_rss > 0 and math.isfinite(fit.logdet)):
@@ -615,10 +683,30 @@ class SmoothingSearch:
     ) -> Selection:
         """Minimise the criterion over ``log10 b`` in ``bounds`` (default ``-0.5 .. log10 n + 1``).
 
-        A downward walk on a half-decade grid from the smoothest end finds the basin (stopping
-        two grid points past the running minimum), then bounded Brent refines it.
+        A downward walk on a grid (half or quarter decade) from the smoothest end finds the
+        basin (once the fit has reached the noise level, see below, the walk stops a few grid
+        points past the running minimum), then safeguarded parabolic steps refine it with the
+        knots of the bracket's low end fixed (:func:`_refine`).
         """
-        from scipy.optimize import minimize_scalar
+        memo: dict[tuple[float, float], tuple[float, float]] = {}
+        dof = max(int(np.count_nonzero(self.w)) - self.m, 1)
+
+        # the best fit so far keeps its factor (the scratch buffer it was computed in); the
+        # buffer of the one it replaces becomes the problem's scratch: no refit at the end
+        held: dict[str, Any] = {"v": math.inf}
+
+        def value(x: float, step: float | None = None) -> tuple[float, float]:
+            """Criterion and residual variance ``y'W(y - f) / dof`` at ``x = log10 b``."""
+            key = self._key(x, step)
+            if key not in memo:
+                v, prob, fit, r_used = self.evaluate(x, criterion, r, q, key[1], scratch=True)
+                memo[key] = (v, math.inf if fit is None else fit.pen_rss / dof)
+                if fit is not None and v < held["v"]:
+                    prob.release_scratch()
+                    if held.get("prob") is prob:
+                        prob._scratch = held["fit"].chol
+                    held.update(v=v, key=key, prob=prob, fit=fit, r=r_used)
+            return memo[key]
 
         lo, hi = bounds if bounds is not None else (-0.5, math.log10(self.n) + 1.0)
         long = self.n > 100_000
@@ -632,11 +720,18 @@ class SmoothingSearch:
         # stops on the plateau (lam -> infinity, a flat estimate; the failure at >= 3e5 points).
         # Early stopping is allowed only once the fit has reached the noise level, i.e. its
         # residual variance is within _PILOT_GATE of a difference-based pilot estimate.
+        # Long series cross the plateau with double strides while the residual variance is
+        # still above _PILOT_FAR times the pilot (far from the basin: r(b) decreases with b),
+        # then walk every grid point from the last such point on.
+        start = 0
+        if long:
+            k = 0
+            while k < len(grid) and value(float(grid[k]))[1] > _PILOT_FAR * self.pilot_r:
+                start, k = k, k + 2
         resolved = False
-        dof = max(int(np.count_nonzero(self.w)) - self.m, 1)
-        for x in grid:
-            v, _, fit, _ = self.evaluate(float(x), criterion, r, q)
-            if fit is not None and fit.pen_rss / dof <= _PILOT_GATE * self.pilot_r:
+        for x in grid[start:]:
+            v, resid = value(float(x))
+            if resid <= _PILOT_GATE * self.pilot_r:
                 resolved = True
             if v < best_v:
                 best_x, best_v, rising = float(x), v, 0
@@ -648,20 +743,20 @@ class SmoothingSearch:
             raise ConvergenceError(
                 "the smoothing criterion could not be evaluated at any smoothing level"
             )
-        # refine with the knots of the bracket's low end fixed: a smooth criterion for Brent
-        a, b = max(lo, best_x - spacing), min(hi, best_x + spacing)
+        # refine with the knots of the bracket's low end fixed: a smooth criterion; the grid
+        # values at the same knots are reused (memo). lam to ~10% (long series) is far inside
+        # the criterion's own uncertainty.
+        a, c = max(lo, best_x - spacing), min(hi, best_x + spacing)
         step = knot_step(a, self.m)
-        res = minimize_scalar(
-            lambda x: self.evaluate(float(x), criterion, r, q, step)[0],
-            bounds=(a, b),
-            method="bounded",
-            options={"xatol": 0.01 if long else 0.005},
-        )
-        if res.fun <= self.evaluate(best_x, criterion, r, q, step)[0]:
-            x_opt = float(res.x)
+        x_ref, v_ref = _refine(lambda x: value(x, step)[0], a, best_x, c, 0.02 if long else 0.005)
+        if v_ref <= value(best_x, step)[0]:
+            x_opt = x_ref
         else:
             x_opt, step = best_x, None
-        value, prob, fit, r_used = self.evaluate(x_opt, criterion, r, q, step)
+        if held.get("key") == self._key(x_opt, step):
+            val, prob, fit, r_used = held["v"], held["prob"], held["fit"], held["r"]
+        else:
+            val, prob, fit, r_used = self.evaluate(x_opt, criterion, r, q, step)
         self._problems = {}
         at_bound = None
         if x_opt - lo < 0.02:
@@ -669,4 +764,46 @@ class SmoothingSearch:
         elif hi - x_opt < 0.02:
             at_bound = "upper"
         lam = 10.0 ** (2 * self.m * x_opt)
-        return Selection(prob, fit, lam, r_used, value, criterion, self.n_eval, at_bound)
+        return Selection(prob, fit, lam, r_used, val, criterion, self.n_eval, at_bound)
+
+
+def _refine(
+    f: Any, a: float, b: float, c: float, tol: float, max_eval: int = 20
+) -> tuple[float, float]:
+    """Minimise ``f`` on the bracket ``a < b < c`` (``f(b)`` below both ends) to ``tol``.
+
+    Parabolic steps through the bracket, golden-section steps where the parabola is unusable,
+    a step of ``tol / 2`` when the parabola lands next to ``b`` (stops when that does not
+    improve). Returns the best point and its value; when ``b`` is not below both ends (the
+    knots differ from the walk's), the best of the three points.
+    """
+    gold = 0.3819660112501051
+    fa, fb, fc = f(a), f(b), f(c)
+    if not (fb <= fa and fb <= fc):
+        return min(((fa, a), (fb, b), (fc, c)))[::-1]
+    for _ in range(max_eval):
+        if c - a <= 2.0 * tol:
+            break
+        den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
+        num = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
+        x = b - 0.5 * num / den if den < 0 else math.nan
+        if not a < x < c:
+            x = b + gold * (c - b) if c - b > b - a else b - gold * (b - a)
+        nudged = abs(x - b) < tol / 2
+        if nudged:
+            x = b + tol / 2 if c - b > b - a else b - tol / 2
+        fx = f(x)
+        if fx < fb:
+            if x < b:
+                c, fc = b, fb
+            else:
+                a, fa = b, fb
+            b, fb = x, fx
+        else:
+            if x < b:
+                a, fa = x, fx
+            else:
+                c, fc = x, fx
+            if nudged:
+                break
+    return b, fb

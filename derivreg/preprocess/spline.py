@@ -62,7 +62,7 @@ class IRWState:
     r_fixed: float | None  # fixed noise variance in caller units, or None
     q_fixed: float | None
     selections: dict[int, Selection] = field(default_factory=dict)
-    blocks: dict[int, FloatArray] = field(default_factory=dict)
+    blocks: dict[int, FloatArray] = field(default_factory=dict)  # m: joint, -m: state variances
 
 
 def _detrend(
@@ -186,9 +186,19 @@ def irw_derivative(
     est += state.trend.deriv(order)(state.tau) / state.h**order
     if not want_se:
         return est, None
-    if m not in state.blocks:
-        state.blocks[m] = prob.selected_inverse(sel.fit, full=True)
-    var = sel.r * prob.var_at_data(state.blocks[m], order)
+    if prob.all_knots and order < m:
+        # a state component at every point: its variances only (the joint blocks of all knot
+        # pairs would be 36 numbers per point, 300 MB at 1e6 points)
+        key = -m
+        if key not in state.blocks and m in state.blocks:
+            state.blocks[key] = state.blocks[m][:, np.arange(m), np.arange(m)]
+        if key not in state.blocks:
+            state.blocks[key] = prob.selected_inverse(sel.fit, full="diag")
+        var = sel.r * state.blocks[key][:, order]
+    else:
+        if m not in state.blocks:
+            state.blocks[m] = prob.selected_inverse(sel.fit, full=True)
+        var = sel.r * prob.var_at_data(state.blocks[m], order)
     return est, np.sqrt(np.maximum(var, 0.0)) * unit
 
 
