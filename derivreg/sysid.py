@@ -35,6 +35,7 @@ from scipy import stats
 
 from derivreg._typing import ArrayLike, FloatArray
 from derivreg.exceptions import (
+    BiasWarning,
     ColumnNotFoundError,
     DataError,
     DerivregError,
@@ -825,8 +826,8 @@ def prepare_fit_data(
       velocity), constant over the segment — never the sign of a noisy velocity near zero; the
       voltage is ``|V|·s`` (SysId's ``copysign``, per test rather than per sample).
     * **held (stale) readings** (``fresh="auto"``): when the sensor updates slower than the log
-      (readings repeated over several rows even at the start of the dynamic tests, where the
-      velocity changes every sample), a repeated row is an old reading, not a measurement, and
+      (readings change on a fixed schedule of every ``m ≥ 2`` rows, see
+      :func:`_held_readings`), a repeated row is an old reading, not a measurement, and
       is dropped; the voltage of each kept row becomes its time average until the next kept
       row, so the first integral of the held voltage stays exact. Merely quantised readings
       are kept (dropping them would select samples by their noise). Jittery or irregular time
@@ -930,20 +931,28 @@ def _moving_stretch(v: FloatArray, volt: FloatArray, label: str) -> tuple[int, i
     return a, b, direction
 
 
-def _held_readings(signals: list[tuple[FloatArray, str]], head: int = 40) -> bool:
+def _held_readings(signals: list[tuple[FloatArray, str]], share: float = 0.8) -> bool:
     """Whether the sensor updates slower than the log: readings held over several rows.
 
-    Judged on the start of the dynamic tests, where the true velocity changes every sample:
-    held readings change in fewer than half of the rows there; quantised but fresh readings
-    change in most of them. (Dropping repeats of merely quantised readings would select
-    samples by their noise, so they are kept.)
+    A held reading changes on a fixed schedule: the gaps (in rows) between successive changes
+    are multiples of the update period ``m ≥ 2`` (SysId logs at 5 ms, many motor controllers
+    report every 20 ms: ``m = 4``). A quantised but fresh reading changes whenever the true
+    value crosses a quantum, at irregular gaps whose most frequent value is 1 (geometric
+    gaps under noise; every row while the velocity moves by more than a quantum per row). So
+    the log holds readings when, in most segments, the modal gap ``m`` is at least 2 and at
+    least ``share`` of the gaps are multiples of it. (Judging by how often the reading changes
+    would mistake a fast, quantised mechanism that reaches steady state within a few rows for
+    a held sensor, and dropping repeats of merely quantised readings selects samples by their
+    noise: on a 12-ms flywheel that turned kS negative and multiplied kA by six.)
     """
-    shares = [
-        float(np.mean(np.diff(y[:head]) != 0))
-        for y, test in signals
-        if test.startswith("fast") and len(y) > 2
-    ]
-    return bool(shares) and float(np.median(shares)) < 0.5
+    votes = []
+    for y, _ in signals:
+        gaps = np.diff(np.flatnonzero(np.diff(y) != 0))
+        if len(gaps) < 5:
+            continue
+        m = int(np.argmax(np.bincount(gaps)))
+        votes.append(m >= 2 and float(np.mean(gaps % m == 0)) >= share)
+    return bool(votes) and float(np.mean(votes)) > 0.5
 
 
 def _formula(mechanism: str, signal: str) -> tuple[str, list[str]]:
@@ -1046,6 +1055,15 @@ def _fit_derivreg(
     cov = res.cov_params().loc[names, names].to_numpy(dtype=float)
     gains, gcov = gains_from_coefficients(theta, cov, mechanism, alpha=alpha)
     coefs = pd.Series(theta, index=list(_COEFS[mechanism]))
+    resolution = _resolution(data, gains)
+    if resolution["under_resolved"]:
+        if method == "auto":
+            check = _cross_check(formula, names, data, mechanism, alpha, fit_options)
+            resolution["cross_check"] = check
+            if "gains" in check:
+                gains, gcov = _widen(gains, gcov, check["gains"], alpha)
+        _warn_under_resolved(resolution, fit_method, method == "auto")
+    info["resolution"] = resolution
     _warn_poor(gains, mechanism)
     info.update(
         {
@@ -1068,6 +1086,129 @@ def _fit_derivreg(
         alpha=alpha,
         units=str(log.attrs.get("units", "")),
         info=info,
+    )
+
+
+#: kA is flagged as not determined when the time constant kA/kV spans fewer sample intervals
+UNDER_RESOLVED_SAMPLES = 3.0
+
+#: the method whose estimates are compared with the recommended one's on under-resolved logs
+CROSS_CHECK_METHOD = "statespace"
+
+
+def _sample_interval(data: pd.DataFrame) -> float:
+    """Median interval between the rows the fit uses (the sensor period when repeats are held)."""
+    steps = [np.diff(g.to_numpy(dtype=float)) for _, g in data.groupby("segment")["time"]]
+    steps = [d for d in steps if len(d)]
+    return float(np.median(np.concatenate(steps))) if steps else float("nan")
+
+
+def _resolution(data: pd.DataFrame, gains: pd.DataFrame) -> dict[str, Any]:
+    """How many sample intervals the fitted time constant ``τ = kA/kV`` spans.
+
+    Below :data:`UNDER_RESOLVED_SAMPLES` the velocity's response to a voltage step is seen at
+    two or three samples: kA rests on the shape of those few, quantised readings (and on any
+    sensor lag or filtering, which the model does not have: a lag ``δ`` in the velocity
+    reading reads as ``kA + kV·δ``). Forms that integrate or differentiate the samples are
+    then biased by their discretisation (the trapezoid rule on an exponential of 2–3 samples;
+    its error shows up as spurious "process noise"), and their covariance models, built for
+    white measurement and process noise, do not account for it.
+    """
+    h = _sample_interval(data)
+    kv, ka = gains.loc["kV", "estimate"], gains.loc["kA", "estimate"]
+    tau = ka / kv if kv > 0 else float("nan")
+    samples = tau / h if h > 0 else float("nan")
+    return {
+        "time_constant": float(tau),
+        "sample_interval": h,
+        "samples_per_time_constant": float(samples),
+        # a negative or non-finite τ (kA ≤ 0) is no better determined than a short one
+        "under_resolved": bool(not samples >= UNDER_RESOLVED_SAMPLES),
+    }
+
+
+def _cross_check(
+    formula: str,
+    names: list[str],
+    data: pd.DataFrame,
+    mechanism: str,
+    alpha: float,
+    fit_options: dict[str, Any],
+) -> dict[str, Any]:
+    """Gains by :data:`CROSS_CHECK_METHOD` on the same rows (exact discretisation of the flow
+    between samples, measurement noise in the likelihood), or the reason it failed."""
+    from derivreg.api import fit
+
+    opts = {k: v for k, v in fit_options.items() if k == "input_hold"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            res = fit(formula, data, method=CROSS_CHECK_METHOD, time="time", segment="segment",
+                      **opts)  # fmt: skip
+            theta = res.params[names].to_numpy(dtype=float)
+            cov = res.cov_params().loc[names, names].to_numpy(dtype=float)
+            gains, _ = gains_from_coefficients(theta, cov, mechanism, alpha=alpha)
+        except (DerivregError, KeyError) as exc:
+            return {"method": CROSS_CHECK_METHOD, "error": str(exc)}
+    out: dict[str, Any] = {"method": CROSS_CHECK_METHOD, "gains": gains}
+    if caught:
+        out["warnings"] = [str(w.message) for w in caught]
+    return out
+
+
+def _widen(
+    gains: pd.DataFrame, gcov: pd.DataFrame, other: pd.DataFrame, alpha: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add the disagreement with another method to each gain's variance.
+
+    ``se' = sqrt(se² + (θ̂ − θ̂_other)²)``: when two consistent estimators differ by more than
+    their standard errors allow, the difference is a lower bound on the bias one of them
+    carries, and the interval of the reported estimate must at least reach the other's.
+    The covariance is rescaled by ``se'/se`` so that correlations are kept.
+    """
+    common = [g for g in gains.index if g in other.index and g != "offset"]
+    diff = (gains.loc[common, "estimate"] - other.loc[common, "estimate"]).abs()
+    se = gains["se"].copy()
+    se.loc[common] = np.sqrt(se.loc[common] ** 2 + diff**2)
+    scale = (se / gains["se"].where(gains["se"] > 0)).fillna(1.0).to_numpy()
+    z = stats.norm.ppf(1.0 - alpha / 2.0)
+    out = gains.copy()
+    out["se"] = se
+    out["lower"] = out["estimate"] - z * se
+    out["upper"] = out["estimate"] + z * se
+    cov = gcov * np.outer(scale, scale)
+    return out, cov
+
+
+def _warn_under_resolved(resolution: dict[str, Any], fit_method: str, auto: bool) -> None:
+    """BiasWarning naming kA: the log does not resolve the mechanism's time constant."""
+    tau, h = resolution["time_constant"], resolution["sample_interval"]
+    what = (
+        f"the fitted time constant kA/kV = {1e3 * tau:.3g} ms spans "
+        f"{resolution['samples_per_time_constant']:.2g} sample intervals of {1e3 * h:.3g} ms"
+        if np.isfinite(tau) and tau > 0
+        else f"the fitted kA is not positive (samples every {1e3 * h:.3g} ms)"
+    )
+    tail = ""
+    check = resolution.get("cross_check", {})
+    if auto and "gains" in check:
+        other = check["gains"].loc["kA"]
+        tail = (
+            f"; the {check['method']} fit gives kA = {other['estimate']:.4g} ± {other['se']:.2g}"
+            " and the intervals are widened by the disagreement of the two methods"
+        )
+    elif auto:
+        tail = f"; the {check.get('method')} cross-check failed ({check.get('error')})"
+    warnings.warn(
+        f"kA is not determined by this log: {what} (fewer than {UNDER_RESOLVED_SAMPLES:g}), so "
+        f"the step response is seen at a few quantised readings and the {fit_method} estimate of "
+        "kA rests on their discretisation and on any lag or filtering in the velocity sensor "
+        "(a 'process noise' diagnosis here reflects that, not real process noise)"
+        + tail
+        + ". Log faster (or a slower mechanism/filtered-free velocity) to measure kA; read its "
+        "interval, not the point estimate",
+        BiasWarning,
+        stacklevel=4,
     )
 
 

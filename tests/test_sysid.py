@@ -607,6 +607,53 @@ def test_held_readings_are_detected_quantised_ones_are_not(shared_data):
         assert len(data) < 0.4 * len(log)
     data, info = prepare_fit_data(motor_log(3), "simple")
     assert info["fresh"] is False
+    # a fast, coarsely quantised flywheel at steady state within a few rows is not "held"
+    data, info = prepare_fit_data(flywheel_log(0), "simple")
+    assert info["fresh"] is False
+
+
+def flywheel_log(seed: int, **kw: Any) -> pd.DataFrame:
+    """A fast flywheel like team 581's: τ = kA/kV ≈ 12 ms at dt = 5 ms, velocity quantum
+    0.307 rad/s with little noise under it, 3 s of steady state per dynamic test."""
+    from derivreg.simulate import as_sysid_log, motor
+
+    opts = dict(
+        dt=0.005,
+        dt_jitter=0.1,
+        tau_velocity=0.05,
+        velocity_quantum=0.307,
+        leading_zeros=5,
+        steady_state=3.0,
+    )
+    opts.update(kw)
+    return as_sysid_log(motor(*TRUE_FLYWHEEL, seed=seed, **opts), units="Radians")
+
+
+TRUE_FLYWHEEL = (0.02, 0.178, 0.0022)
+
+
+def test_auto_flags_kA_on_a_flywheel_faster_than_the_log():
+    """τ = kA/kV ≈ 2.5 samples: the integral/GLS fit alone gave kA 0.025 ± 0.0005 (truth
+    0.0022) with repeats wrongly dropped, and 4 SE off without; now a BiasWarning names kA and
+    its interval, widened by the disagreement with the state-space fit, covers the truth."""
+    from derivreg.exceptions import BiasWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        with pytest.warns(BiasWarning, match="kA is not determined"):
+            ch = dr.characterize(flywheel_log(1), method="auto")
+    lo, hi = ch.gains.loc["kA", "lower"], ch.gains.loc["kA", "upper"]
+    assert lo <= TRUE_FLYWHEEL[2] <= hi, ch.gains
+    res = ch.info["resolution"]
+    assert res["under_resolved"] and res["samples_per_time_constant"] < 3
+    assert res["sample_interval"] == pytest.approx(0.005, rel=0.05)
+    assert "gains" in res["cross_check"]
+    # a slow mechanism (τ = 30 samples) is not flagged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BiasWarning)
+        warnings.filterwarnings("ignore", category=dr.DerivregWarning, message="^(?!kA)")
+        slow = dr.characterize(motor_log(2), method="auto")
+    assert not slow.info["resolution"]["under_resolved"]
 
 
 def test_compare_puts_sysid_beside_the_recommended_method():
