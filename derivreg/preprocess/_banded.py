@@ -433,7 +433,7 @@ class IRWProblem:
         for s in range(1, u + 1):
             v[: n_state - s, s - 1] = cb[u - s, s:] / diag[: n_state - s]
         dvec = 1.0 / diag**2
-        n_chunks = max(1, int(math.sqrt(n_state / m)))
+        n_chunks = max(1, int(3 * math.sqrt(n_state / m)))  # ~1.4x faster than 1x
         length = -(-n_state // n_chunks)
         length = -(-length // m) * m  # chunks start at block boundaries
         n_pad = n_chunks * length
@@ -566,6 +566,8 @@ def knot_positions(tau: FloatArray, step: float, uniform: bool) -> np.ndarray:
 _PILOT_GATE = 2.0
 #: residual variance beyond this multiple of the pilot: the fit is far from the noise level
 _PILOT_FAR = 10.0
+#: a rise of -2 log-likelihood this large over one grid step ends the walk of a long series
+_STEEP_RISE = 100.0
 
 
 def pilot_noise_variance(y: FloatArray, w: FloatArray, k: int) -> float:
@@ -737,15 +739,17 @@ class SmoothingSearch:
                 best_x, best_v, rising = float(x), v, 0
             else:
                 rising += 1
-                if rising >= 3 and long and resolved and math.isfinite(best_v):
-                    break  # long series: stop the walk in the basin (saves setups)
+                # a steep rise (-2 log L up by > _STEEP_RISE, GCV by > 10%) is past the basin
+                steep = v - best_v > (_STEEP_RISE if criterion != "gcv" else 0.1 * abs(best_v))
+                if long and resolved and math.isfinite(best_v) and (rising >= 3 or steep):
+                    break  # long series: stop the walk in the basin (saves full-size fits)
         if not math.isfinite(best_v):
             raise ConvergenceError(
                 "the smoothing criterion could not be evaluated at any smoothing level"
             )
         # refine with the knots of the bracket's low end fixed: a smooth criterion; the grid
-        # values at the same knots are reused (memo). lam to ~10% (long series) is far inside
-        # the criterion's own uncertainty.
+        # values at the same knots are reused (memo). Tolerance in log10 b: 0.02 for long
+        # series (lam to ~15%, which moves the derivative RMSE by ~5% on the benchmark signal).
         a, c = max(lo, best_x - spacing), min(hi, best_x + spacing)
         step = knot_step(a, self.m)
         x_ref, v_ref = _refine(lambda x: value(x, step)[0], a, best_x, c, 0.02 if long else 0.005)
