@@ -762,9 +762,16 @@ def characterize(
         ``"trajectory"``: a derivreg fit of the relation by :func:`derivreg.fit` on the log
         cleaned by :func:`prepare_fit_data` (options: ``signal="velocity"`` or ``"position"``
         — the second-order relation in the position alone; ``fresh`` — drop held readings,
-        ``"auto"``; ``angle_unit``; anything else, e.g. ``cov_type``, goes to
-        :func:`derivreg.fit`). Warns with :class:`~derivreg.exceptions.ExcitationWarning`
-        when a gain's relative standard error exceeds 25%.
+        ``"auto"``; ``angle_unit``; ``cross_check`` — ``"auto"`` (default): when the fitted
+        time constant ``kA/kV`` spans fewer than 3 of the intervals between the rows used
+        (``info["resolution"]``), a :class:`~derivreg.exceptions.BiasWarning` says kA is not
+        determined by the log and, for ``method="auto"``, the gains' intervals are widened by
+        their disagreement with a state-space fit (``se' = sqrt(se² + Δ²)``); ``True``: also
+        cross-check well-resolved logs and widen the gains on which the two fits disagree
+        beyond twice their combined SE; ``False``: no cross-check; anything else, e.g.
+        ``cov_type``, goes to :func:`derivreg.fit`). Warns with
+        :class:`~derivreg.exceptions.ExcitationWarning` when a gain's relative standard error
+        exceeds 25%.
     alpha : float
         1 − confidence level of the intervals.
     **options
@@ -1024,6 +1031,7 @@ def _fit_derivreg(
     signal: str = "velocity",
     fresh: bool | str = "auto",
     angle_unit: str | None = None,
+    cross_check: bool | str = "auto",
     **fit_options: Any,
 ) -> Characterization:
     try:
@@ -1033,6 +1041,8 @@ def _fit_derivreg(
             f"method={method!r} needs derivreg.fit, which is not available in this version; "
             "use method='sysid'"
         ) from None
+    if cross_check not in ("auto", True, False):
+        raise DataError(f"cross_check must be 'auto', True or False, got {cross_check!r}")
     data, info = prepare_fit_data(log, mechanism, signal=signal, fresh=fresh, angle_unit=angle_unit)
     formula, names = _formula(mechanism, signal)
     fit_method = method
@@ -1056,13 +1066,21 @@ def _fit_derivreg(
     gains, gcov = gains_from_coefficients(theta, cov, mechanism, alpha=alpha)
     coefs = pd.Series(theta, index=list(_COEFS[mechanism]))
     resolution = _resolution(data, gains)
+    checked = fit_method != CROSS_CHECK_METHOD and (
+        cross_check is True or (cross_check == "auto" and method == "auto")
+    )
     if resolution["under_resolved"]:
-        if method == "auto":
+        if checked:
             check = _cross_check(formula, names, data, mechanism, alpha, fit_options)
             resolution["cross_check"] = check
             if "gains" in check:
                 gains, gcov = _widen(gains, gcov, check["gains"], alpha)
-        _warn_under_resolved(resolution, fit_method, method == "auto")
+        _warn_under_resolved(resolution, fit_method, checked)
+    elif cross_check is True and checked:
+        check = _cross_check(formula, names, data, mechanism, alpha, fit_options)
+        resolution["cross_check"] = check
+        if "gains" in check:
+            gains, gcov = _widen_disagreeing(gains, gcov, check, fit_method, alpha)
     info["resolution"] = resolution
     _warn_poor(gains, mechanism)
     info.update(
@@ -1178,6 +1196,36 @@ def _widen(
     out["upper"] = out["estimate"] + z * se
     cov = gcov * np.outer(scale, scale)
     return out, cov
+
+
+def _widen_disagreeing(
+    gains: pd.DataFrame, gcov: pd.DataFrame, check: dict[str, Any], fit_method: str, alpha: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Widen (and name in a BiasWarning) the gains on which the two methods disagree beyond
+    their standard errors: ``|θ̂ − θ̂_other| > 2·sqrt(se² + se_other²)`` (conservative: the two
+    estimators share the data, so their difference varies less than that)."""
+    other = check["gains"]
+    common = [g for g in gains.index if g in other.index and g != "offset"]
+    diff = (gains.loc[common, "estimate"] - other.loc[common, "estimate"]).abs()
+    spread = np.sqrt(gains.loc[common, "se"] ** 2 + other.loc[common, "se"] ** 2)
+    bad = [g for g in common if diff[g] > 2.0 * spread[g]]
+    check["disagree"] = bad
+    if not bad:
+        return gains, gcov
+    keep = other.copy()
+    keep.loc[[g for g in other.index if g not in bad], "estimate"] = gains["estimate"]
+    widened, cov = _widen(gains, gcov, keep, alpha)
+    warnings.warn(
+        f"the {fit_method} and {check['method']} fits disagree beyond their standard errors on "
+        + ", ".join(
+            f"{g} ({gains.loc[g, 'estimate']:.4g} vs {other.loc[g, 'estimate']:.4g})" for g in bad
+        )
+        + ": the log departs from the model (e.g. sensor lag or filtering, process noise, "
+        "unmodelled friction); their intervals are widened by the disagreement",
+        BiasWarning,
+        stacklevel=4,
+    )
+    return widened, cov
 
 
 def _warn_under_resolved(resolution: dict[str, Any], fit_method: str, auto: bool) -> None:

@@ -656,6 +656,33 @@ def test_auto_flags_kA_on_a_flywheel_faster_than_the_log():
     assert not slow.info["resolution"]["under_resolved"]
 
 
+def test_cross_check_option():
+    """cross_check=False: the kA warning still fires but nothing is widened; True on a
+    well-resolved log cross-checks without widening what agrees; bad values are refused."""
+    from derivreg.exceptions import BiasWarning
+
+    log = flywheel_log(2, steady_state=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        with pytest.warns(BiasWarning, match="kA is not determined"):
+            plain = dr.characterize(log, cross_check=False)
+        checked = dr.characterize(log)
+    assert "cross_check" not in plain.info["resolution"]
+    assert (checked.gains["se"] >= plain.gains["se"]).all()
+    assert checked.gains.loc["kA", "se"] > plain.gains.loc["kA", "se"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        slow = dr.characterize(motor_log(4), cross_check=True)
+        base = dr.characterize(motor_log(4))
+    check = slow.info["resolution"]["cross_check"]
+    assert check["method"] == "statespace" and "disagree" in check
+    for gain in ("kS", "kV", "kA"):
+        same = gain not in check["disagree"]
+        assert (slow.gains.loc[gain, "se"] == base.gains.loc[gain, "se"]) == same
+    with pytest.raises(DataError, match="cross_check"):
+        dr.characterize(log, cross_check="maybe")
+
+
 def test_compare_puts_sysid_beside_the_recommended_method():
     """One tidy table, SysId's numbers next to derivreg's; a failing method reports its error."""
     from derivreg.sysid import compare
