@@ -52,6 +52,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import math  # noqa: E402
 import multiprocessing as mp  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -403,6 +404,8 @@ class CellResult:
     sd_x: float
     reps: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    n_reps: int = 0  # replications, when read back from a results file (reps is then empty)
+    source: str = ""  # which run the cell comes from, for merged reports
 
 
 def _truth(cell: Cell) -> np.ndarray:
@@ -580,11 +583,59 @@ def _parse_cells(text: str) -> list[tuple[CellResult, list[dict[str, Any]]]]:
                         row[c] = float(v)
                 rows.append(row)
                 k += 1
-            done.append((CellResult(DESIGN[index], index, math.nan, math.nan), rows))
+            cr = CellResult(DESIGN[index], index, math.nan, math.nan)
+            for info in lines[i + 1 : j]:
+                m = re.match(r"τ = (\S+) \(SD\(x\) = (\S+)\); (\d+) replications; (\d+) s", info)
+                if m:
+                    cr.tau, cr.sd_x = float(m.group(1)), float(m.group(2))
+                    cr.n_reps, cr.seconds = int(m.group(3)), float(m.group(4))
+            done.append((cr, rows))
             i = k
         else:
             i += 1
     return done
+
+
+def merge(base: Path, topup: Path) -> str:
+    """A full report from ``base`` with the cells of ``topup`` (same design, more replications)
+    replacing those of ``base``; the motor and anchor sections are those of ``base``."""
+    btext, ttext = base.read_text(), topup.read_text()
+    done = _parse_cells(btext)
+    top = {cr.index: (cr, rows) for cr, rows in _parse_cells(ttext)}
+    merged = []
+
+    def reps(rows: list[dict[str, Any]]) -> tuple[float, float]:
+        rs = [r.get("R", 0.0) for r in rows]
+        return max(rs, default=0.0), min(rs, default=0.0)
+
+    for cr, rows in done:
+        # the top-up replaces a cell only if it ran at least as many replications of every kind
+        if cr.index in top and all(
+            t >= b for t, b in zip(reps(top[cr.index][1]), reps(rows), strict=True)
+        ):
+            tcr, trows = top[cr.index]
+            tcr.source = f"from the top-up run ({topup.name}; first run had {cr.n_reps} reps)"
+            merged.append((tcr, trows))
+        else:
+            cr.source = f"from the first run ({base.name})"
+            merged.append((cr, rows))
+    names: list[str] = []
+    for _, rows in merged:
+        for r in rows:
+            if r["estimator"] not in names:
+                names.append(r["estimator"])
+    preamble = btext.split("\n## Design", 1)[0].split("\n\n", 1)[1].strip()
+    extra = "## Motor" + btext.split("## Motor", 1)[1] if "## Motor" in btext else ""
+    note = (
+        "Merged report: the first full run cut R in its early cells to fit its time budget while "
+        "the machine was loaded by other jobs; those cells were run again with the planned R "
+        "in a top-up run (same seeds, so the first replications are identical), and its cells "
+        "replace the first run's. Each cell says which run it comes from.\n\nFirst run:\n\n"
+    )
+    cells = [(cr.index, cr.cell) for cr, _ in merged]
+    return grid_report(
+        "Coefficient recovery (full)", "full", merged, cells, names, [], note + preamble, extra
+    )
 
 
 def reflag(path: Path) -> str:
@@ -646,8 +697,8 @@ def grid_report(
         parts += [
             f"### cell {cr.index}: {cr.cell.label}",
             "",
-            f"τ = {cr.tau:.4g} (SD(x) = {cr.sd_x:.4g}); {len(cr.reps)} replications; "
-            f"{cr.seconds:.0f} s wall",
+            f"τ = {cr.tau:.4g} (SD(x) = {cr.sd_x:.4g}); {len(cr.reps) or cr.n_reps} "
+            f"replications; {cr.seconds:.0f} s wall" + (f"; {cr.source}" if cr.source else ""),
             "",
             markdown_table(rows, METRIC_COLS),
             "",
@@ -1112,7 +1163,24 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="print the recommended-path flags recomputed from an existing results file",
     )
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs=2,
+        default=None,
+        metavar=("BASE", "TOPUP"),
+        help="write recovery_full.md from a full run and a top-up run of some of its cells",
+    )
     args = ap.parse_args(argv)
+    if args.merge is not None:
+        base_text = args.merge[0].read_text()
+        text = merge(*args.merge)
+        write_results("recovery_full", text)
+        done = _parse_cells(text)
+        names = list(dict.fromkeys(r["estimator"] for _, rows in done for r in rows))
+        write_results("recovery_headline", headline(done, names, "full"))
+        print(f"merged {args.merge[1]} into {args.merge[0]} ({len(base_text)} chars)")
+        return 0
     if args.reflag is not None:
         print(reflag(args.reflag))
         return 0
@@ -1136,7 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.workers} worker processes, one BLAS thread each. Fixed seeds: replication r of "
         "cell i uses SeedSequence((2026, i, r))."
     )
-    name = f"recovery_{mode}"
+    name = f"recovery_{mode}" + ("_topup" if args.cells and mode == "full" else "")
     print(plan_text, flush=True)
     t_start = time.perf_counter()
     done: list[tuple[CellResult, list[dict[str, Any]]]] = []
