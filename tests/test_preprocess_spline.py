@@ -296,3 +296,34 @@ def test_long_series_as_accurate_as_short_ones(method: str) -> None:
     assert rmse[200_000] < 0.1 * float(np.sqrt(np.mean(dx**2)))  # far from a flat fit
     assert info[200_000]["noise_sd"] == pytest.approx(0.1, rel=0.05)
     assert info[200_000]["knot_step"] <= 4
+
+
+def test_pilot_noise_variance_sees_the_noise_not_the_smooth_signal() -> None:
+    from derivreg.preprocess._banded import pilot_noise_variance
+
+    n = 20_000
+    t = np.arange(n) * 0.01
+    noise = np.random.default_rng(4).normal(0.0, 0.3, n)
+    for m in (2, 3):
+        est = pilot_noise_variance(np.sin(t) + 5 * t + noise, np.ones(n), m)
+        assert est == pytest.approx(0.09, rel=0.05)
+    w = np.ones(n)
+    w[::3] = 0.0  # missing points are skipped, the rest still gives the noise variance
+    assert pilot_noise_variance(noise, w, 3) == pytest.approx(0.09, rel=0.05)
+
+
+@pytest.mark.parametrize(("x0", "b"), [(-0.2, -0.25), (0.1, 0.0), (0.62, 0.5)])
+def test_refine_finds_an_asymmetric_minimum(x0: float, b: float) -> None:
+    from derivreg.preprocess._banded import _refine
+
+    calls = []
+
+    def f(x: float) -> float:
+        calls.append(x)
+        return float(np.exp(3 * (x - x0)) - 3 * (x - x0))  # minimum 1 at x0, steep on the right
+
+    x, v = _refine(f, b - 0.5, b, b + 0.5, tol=0.01)
+    assert abs(x - x0) < 0.01 and v == pytest.approx(1.0, abs=1e-3)
+    assert len(calls) < 15
+    # not a bracket (the middle is not below both ends): the best of the three points
+    assert _refine(f, x0 + 0.1, x0 + 0.2, x0 + 0.3, tol=0.01)[0] == pytest.approx(x0 + 0.1)

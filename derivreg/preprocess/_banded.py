@@ -685,10 +685,14 @@ class SmoothingSearch:
     ) -> Selection:
         """Minimise the criterion over ``log10 b`` in ``bounds`` (default ``-0.5 .. log10 n + 1``).
 
-        A downward walk on a grid (half or quarter decade) from the smoothest end finds the
-        basin (once the fit has reached the noise level, see below, the walk stops a few grid
-        points past the running minimum), then safeguarded parabolic steps refine it with the
-        knots of the bracket's low end fixed (:func:`_refine`).
+        A downward walk on a grid (half decade above 1e5 points, else quarter) from the
+        smoothest end finds the basin, then safeguarded parabolic steps refine it with the knots
+        of the bracket's low end fixed (:func:`_refine`). Series above 1e5 points cross the
+        plateau at the smooth end with double strides and stop the walk past the basin, but
+        only once the residual variance has come within ``_PILOT_GATE`` of the pilot noise
+        variance (:func:`pilot_noise_variance`): before, the walk stopped on the plateau itself
+        and returned a flat fit (lam -> inf) at >= 3e5 points. Shorter series walk the whole
+        grid.
         """
         memo: dict[tuple[float, float], tuple[float, float]] = {}
         dof = max(int(np.count_nonzero(self.w)) - self.m, 1)
@@ -772,30 +776,40 @@ class SmoothingSearch:
 
 
 def _refine(
-    f: Any, a: float, b: float, c: float, tol: float, max_eval: int = 20
+    f: Any, a: float, b: float, c: float, tol: float, max_eval: int = 15
 ) -> tuple[float, float]:
-    """Minimise ``f`` on the bracket ``a < b < c`` (``f(b)`` below both ends) to ``tol``.
+    """Minimise ``f`` from the bracket ``a < b < c`` (``f(b)`` below both ends) to ``tol / 2``.
 
-    Parabolic steps through the bracket, golden-section steps where the parabola is unusable,
-    a step of ``tol / 2`` when the parabola lands next to ``b`` (stops when that does not
-    improve). Returns the best point and its value; when ``b`` is not below both ends (the
-    knots differ from the walk's), the best of the three points.
+    Parabolic steps through the bracket, golden-section steps where the parabola is unusable;
+    when the parabola lands within ``tol / 2`` of ``b`` the points ``b +- tol / 2`` are tried
+    (the vertex's side first), and the search ends when neither improves on ``b``. Values
+    already known to a memoised ``f`` cost nothing (the walk's grid). Returns the best point and
+    its value; when ``b`` is not below both ends (the knots differ from the walk's), the best of
+    the three points.
     """
     gold = 0.3819660112501051
     fa, fb, fc = f(a), f(b), f(c)
     if not (fb <= fa and fb <= fc):
         return min(((fa, a), (fb, b), (fc, c)))[::-1]
+    h = tol / 2
+    tested: set[int] = set()  # sides of b tried at distance h without improvement
+
+    def closed(side: int) -> bool:
+        return side in tested or (c - b <= h if side > 0 else b - a <= h)
+
     for _ in range(max_eval):
-        if c - a <= 2.0 * tol:
-            break
         den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
         num = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
         x = b - 0.5 * num / den if den < 0 else math.nan
         if not a < x < c:
             x = b + gold * (c - b) if c - b > b - a else b - gold * (b - a)
-        nudged = abs(x - b) < tol / 2
-        if nudged:
-            x = b + tol / 2 if c - b > b - a else b - tol / 2
+        if abs(x - b) < h:
+            side = 1 if x >= b else -1
+            if closed(side):
+                side = -side
+            if closed(side):
+                break
+            x = b + side * h
         fx = f(x)
         if fx < fb:
             if x < b:
@@ -803,11 +817,12 @@ def _refine(
             else:
                 a, fa = b, fb
             b, fb = x, fx
+            tested = set()
         else:
             if x < b:
                 a, fa = x, fx
             else:
                 c, fc = x, fx
-            if nudged:
-                break
+            if abs(x - b) <= 1.0001 * h:
+                tested.add(1 if x > b else -1)
     return b, fb

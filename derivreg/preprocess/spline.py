@@ -17,10 +17,13 @@ marginal likelihood) or by generalised cross-validation,
 Numerics (:mod:`derivreg.preprocess._banded`): the state-space form with banded matrices, one
 banded Cholesky per ``lam`` and an O(n) selected-inverse recursion for the trace and the
 posterior variances; time is normalised to unit mean spacing internally, so the answer does not
-depend on the time unit or offset. Derivatives are those of the fitted piecewise polynomial (never
-a refit on a derivative basis). For very smooth fits the states live on a subset of the samples
-(knots spaced well below the smoothing scale) which keeps the system well conditioned and gives
-the same fit to ~1e-7 relative.
+depend on the time unit or offset. ``lam`` is searched from the smoothest end, gated by a
+difference-based pilot estimate of the noise variance on long series (see
+:meth:`derivreg.preprocess._banded.SmoothingSearch.search`); measured: 10^6 regular points fit
+with SEs in 3.5-6 s (2 shared cores), derivative RMSE as at 2e4 points. Derivatives are those
+of the fitted piecewise polynomial (never a refit on a derivative basis). For very smooth fits
+the states live on a subset of the samples (knots spaced well below the smoothing scale) which
+keeps the system well conditioned and gives the same fit to ~1e-7 relative.
 """
 
 from __future__ import annotations
