@@ -382,8 +382,10 @@ class IRWProblem:
         x = cho_solve_banded((cb, False), self.rhs, check_finite=False)
         # iterative refinement: H can be ill-conditioned (cond ~ 1e10-1e12) and y'W(y - Zx)
         # below cancels; each step multiplies the error by ~cond eps. A second step only when
-        # the first correction was not already negligible.
-        for _ in range(2):
+        # the first correction was not already negligible, for x or for the likelihood (its
+        # effect on -2 log L, n * |rhs . dx| / pen, below 0.01: what is left is cond eps times
+        # that).
+        for it in range(2):
             hx = dsbmv(self.u, lam, self.a_band, x)
             if self._zw_band is None:
                 hx[::m] += self.w * x[::m]
@@ -394,6 +396,10 @@ class IRWProblem:
             x += dx
             if max(dx.max(), -dx.min()) <= 1e-9 * max(x.max(), -x.min()):
                 break
+            if it == 0:
+                pen_now = self.ywy - float(np.dot(self.rhs, x))
+                if self.n_obs * abs(float(np.dot(self.rhs, dx))) <= 0.01 * abs(pen_now):
+                    break
         mean = x.reshape(self.n_knots, m)
         # y'W(y - Zx) and |W^(1/2)(y - Zx)|^2 without forming Zx: O(knots)
         rx = float(np.dot(self.rhs, x))
