@@ -652,6 +652,9 @@ def test_auto_flags_kA_on_a_flywheel_faster_than_the_log():
     assert len(plateaus) == 2 and all("gain_shift" in p for p in plateaus)
     for p in plateaus:  # bias SD between q/sqrt(12)·(noise-damped) and q/sqrt(12)
         assert 0.1 * 0.307 < p["bias_sd"] <= 0.307 / math.sqrt(12) + 1e-12
+    # the reported estimates are the exact-discretisation (state-space) fit's
+    assert ch.method == "auto (statespace)"
+    assert set(ch.info["resolution"]["integral_estimates"].index) == {"kS", "kV", "kA"}
     res = ch.info["resolution"]
     assert res["under_resolved"] and res["samples_per_time_constant"] < 3
     assert res["sample_interval"] == pytest.approx(0.005, rel=0.05)
