@@ -364,14 +364,42 @@ def _bind_derivreg(method: str, t: np.ndarray, y: np.ndarray) -> Callable[[], An
 
 
 # ----------------------------------------------------------------------------- main
+def _scaling_section(srows: list[dict[str, Any]], snotes: list[str]) -> str:
+    """Markdown of the scaling table with its notes."""
+    head = "RMSE of the first derivative on the interior (the oracle level at n = 401 is about "
+    head += "0.48): a time is only meaningful where the fit is right.\n"
+    cols = ["n", "method", "RMSE", "time [s]", "µs / point", "peak memory", "repeats", "note"]
+    lines = ["\n## Scaling (sum of sines continued at dt = 0.01)\n", head]
+    lines.append(markdown_table(srows, cols))
+    lines.extend(["", *(f"- {n}" for n in snotes)])
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 noise draws, n up to 1e5")
     ap.add_argument("--reps", type=int, default=None, help="noise draws per signal")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument(
+        "--only-scaling",
+        action="store_true",
+        help="run only the scaling part; write results/derivatives_scaling.md",
+    )
     args = ap.parse_args(argv)
     reps = args.reps or (3 if args.quick else 20)
+    if args.only_scaling:
+        srows, snotes = scaling(args.quick)
+        out = "\n".join(
+            [
+                header("Derivative estimators: scaling (BENCHMARKS.md §2)", PACKAGES, sys.argv),
+                _scaling_section(srows, snotes),
+            ]
+        )
+        print(out)
+        if not args.no_write:
+            print(f"written to {write_results('derivatives_scaling', out)}")
+        return 0
 
     print(f"Part 1: accuracy, {reps} noise draws per signal", flush=True)
     rows, status, notes = accuracy(reps, args.quick)
@@ -415,27 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         text.append("\n## Notes\n")
         text.extend(f"- {n}" for n in sorted(set(notes)))
     if srows:
-        text.append("\n## Scaling (sum of sines continued at dt = 0.01)\n")
-        text.append(
-            "RMSE of the first derivative on the interior (the oracle level at n = 401 is about "
-            "0.48): a time is only meaningful where the fit is right.\n"
-        )
-        text.append(
-            markdown_table(
-                srows,
-                [
-                    "n",
-                    "method",
-                    "RMSE",
-                    "time [s]",
-                    "µs / point",
-                    "peak memory",
-                    "repeats",
-                    "note",
-                ],
-            )
-        )
-        text.extend(["", *(f"- {n}" for n in snotes)])
+        text.append(_scaling_section(srows, snotes))
     out = "\n".join(text)
     print(out)
     if not args.no_write:
