@@ -112,19 +112,7 @@ class AutoModel(Model):
         return 3
 
     def _form(self, method: str, **options: Any) -> Model:
-        from derivreg.api import get_model_class
-
-        cls = get_model_class(method)
-        return cls(
-            self.formula,
-            self.raw_data,
-            time=self.time,
-            time_unit=self.time_unit,
-            segment=self.segment,
-            input_hold=self.input_hold,
-            nan_policy=self.nan_policy,
-            **options,
-        )
+        return self.with_form(method, **options)
 
     def _statespace_ok(self) -> bool:
         if self.spec.is_system:

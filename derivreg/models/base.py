@@ -224,6 +224,30 @@ class Model(abc.ABC):
         return res
 
     # ------------------------------------------------------------------ helpers for subclasses
+    def with_form(self, method: str | type[Model], **options: Any) -> Model:
+        """The same relation and data (time, segments, input hold, NaN policy) in another form.
+
+        ``method`` is a registered name (``"integral"``, ...) or a model class; ``options`` are
+        that form's options. Used where one form starts from or chooses another (auto,
+        trajectory refinement).
+        """
+        if isinstance(method, str):
+            from derivreg.api import get_model_class
+
+            cls = get_model_class(method)
+        else:
+            cls = method
+        return cls(
+            self.formula,
+            self.raw_data,
+            time=self.time,
+            time_unit=self.time_unit,
+            segment=self.segment,
+            input_hold=self.input_hold,
+            nan_policy=self.nan_policy,
+            **options,
+        )
+
     def column(self, name: str) -> FloatArray:
         """Values of a data column on the kept rows."""
         return self.data.column(name)

@@ -278,24 +278,14 @@ class Trajectory(Model):
         elif isinstance(start, str):
             if start not in ("integral", "gradient"):
                 raise DataError(f"start must be 'integral', 'gradient' or a fit, got {start!r}")
-            from derivreg.api import get_model_class
 
             order = [start, "gradient" if start == "integral" else "integral"]
             errors = []
             for form in order:
                 try:
-                    cls = get_model_class(form)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        res = cls(
-                            self.formula,
-                            self.raw_data,
-                            time=self.time,
-                            time_unit=self.time_unit,
-                            segment=self.segment,
-                            input_hold=self.input_hold,
-                            nan_policy=self.nan_policy,
-                        ).fit()
+                        res = self.with_form(form).fit()
                     note = f"{form} fit"
                     break
                 except DerivregError as exc:
@@ -528,15 +518,4 @@ def refine(results: DiffRegResults, **options: Any) -> DiffRegResults:
     if model is None:
         raise DataError("refine() needs the results of a model fit (results.model is None)")
     cov_type = options.pop("cov_type", None)
-    traj = Trajectory(
-        model.formula,
-        model.raw_data,
-        time=model.time,
-        time_unit=model.time_unit,
-        segment=model.segment,
-        input_hold=model.input_hold,
-        nan_policy=model.nan_policy,
-        start=results,
-        **options,
-    )
-    return traj.fit(cov_type=cov_type)
+    return model.with_form(Trajectory, start=results, **options).fit(cov_type=cov_type)
