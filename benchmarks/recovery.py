@@ -596,42 +596,76 @@ def _parse_cells(text: str) -> list[tuple[CellResult, list[dict[str, Any]]]]:
     return done
 
 
-def merge(base: Path, topup: Path) -> str:
-    """A full report from ``base`` with the cells of ``topup`` (same design, more replications)
-    replacing those of ``base``; the motor and anchor sections are those of ``base``."""
-    btext, ttext = base.read_text(), topup.read_text()
+def merge(base: Path, *topups: Path) -> str:
+    """A full report from ``base`` with the cells of each top-up run (same design and seeds)
+    replacing those of ``base`` where :func:`better`; motor and anchor sections from ``base``."""
+    btext = base.read_text()
     done = _parse_cells(btext)
-    top = {cr.index: (cr, rows) for cr, rows in _parse_cells(ttext)}
-    merged = []
+    for cr, _ in done:
+        cr.source = f"from the first run ({base.name})"
 
     def reps(rows: list[dict[str, Any]]) -> tuple[float, float]:
         rs = [r.get("R", 0.0) for r in rows]
         return max(rs, default=0.0), min(rs, default=0.0)
 
-    for cr, rows in done:
-        # the top-up replaces a cell only if it ran at least as many replications of every kind
-        if cr.index in top and all(
-            t >= b for t, b in zip(reps(top[cr.index][1]), reps(rows), strict=True)
-        ):
-            tcr, trows = top[cr.index]
-            tcr.source = f"from the top-up run ({topup.name}; first run had {cr.n_reps} reps)"
-            merged.append((tcr, trows))
-        else:
-            cr.source = f"from the first run ({base.name})"
-            merged.append((cr, rows))
+    def better(trows: list[dict[str, Any]], brows: list[dict[str, Any]]) -> bool:
+        """Top-up cell replaces base: more replications of every kind, or the same estimators
+        plus ones the base run did not have (methods registered since) at no less than the
+        minimum R of the budget. Decided on R and estimator sets only, never on the results."""
+        t_est = {r["estimator"] for r in trows}
+        b_est = {r["estimator"] for r in brows}
+        (tf, ts), (bf, bs) = reps(trows), reps(brows)
+        if t_est > b_est:
+            return tf >= MIN_REPS and ts >= MIN_REPS_SLOW
+        return t_est >= b_est and tf >= bf and ts >= bs
+
+    merged = done
+    for topup in topups:
+        top = {cr.index: (cr, rows) for cr, rows in _parse_cells(topup.read_text())}
+        new = []
+        for cr, rows in merged:
+            if cr.index in top and better(top[cr.index][1], rows):
+                tcr, trows = top[cr.index]
+                tcr.source = f"from the top-up run {topup.name} (replacing {cr.n_reps} reps)"
+                new.append((tcr, trows))
+            else:
+                new.append((cr, rows))
+        merged = new
     names: list[str] = []
     for _, rows in merged:
         for r in rows:
             if r["estimator"] not in names:
                 names.append(r["estimator"])
     preamble = btext.split("\n## Design", 1)[0].split("\n\n", 1)[1].strip()
-    extra = "## Motor" + btext.split("## Motor", 1)[1] if "## Motor" in btext else ""
+    extra, extra_from = "", base.name
+    for path in (base, *topups):  # the motor/anchor sections of the last run that has them
+        text = path.read_text()
+        if "## Motor" in text:
+            extra, extra_from = "## Motor" + text.split("## Motor", 1)[1], path.name
+    if extra:
+        extra = f"_Motor and anchor sections from {extra_from}._\n\n" + extra
     note = (
         "Merged report: the first full run cut R in its early cells to fit its time budget while "
         "the machine was loaded by other jobs; those cells were run again with the planned R "
-        "in a top-up run (same seeds, so the first replications are identical), and its cells "
+        "in top-up runs (same seeds, so the first replications are identical), whose cells "
         "replace the first run's. Each cell says which run it comes from.\n\nFirst run:\n\n"
     )
+    all_est = {r["estimator"] for _, rows in merged for r in rows}
+    partial = {
+        name: sorted(cr.index for cr, rows in merged if name not in {r["estimator"] for r in rows})
+        for name in sorted(all_est)
+    }
+    missing = [f"`{k}` missing in cells {v}" for k, v in partial.items() if v]
+    if missing:
+        note = (
+            note.replace("\n\nFirst run:\n\n", "")
+            + " Estimators registered after the first run started are only in the cells of the "
+            "top-up runs: "
+            + "; ".join(missing)
+            + " (the first run's notes below say what was available when it started: there "
+            "`dr.fit(method='auto')` ran `integral`; the headline's `auto` rows come only from "
+            "cells that ran the registered `auto`).\n\nFirst run:\n\n"
+        )
     cells = [(cr.index, cr.cell) for cr, _ in merged]
     return grid_report(
         "Coefficient recovery (full)", "full", merged, cells, names, [], note + preamble, extra
@@ -1150,6 +1184,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--full", action="store_true", help="the full design")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cells", type=str, default=None, help="comma-separated cell indices")
+    ap.add_argument("--topup", default="", help="suffix of a top-up run's results file")
+    ap.add_argument("--extras-only", action="store_true", help="motor and anchors only")
     ap.add_argument("--skip-extras", action="store_true", help="grid only (no motor/anchors)")
     ap.add_argument(
         "--budget",
@@ -1166,10 +1202,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--merge",
         type=Path,
-        nargs=2,
+        nargs="+",
         default=None,
-        metavar=("BASE", "TOPUP"),
-        help="write recovery_full.md from a full run and a top-up run of some of its cells",
+        metavar="FILE",
+        help="write recovery_full.md from a full run (first file) and top-up runs of its cells",
     )
     args = ap.parse_args(argv)
     if args.merge is not None:
@@ -1179,7 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
         done = _parse_cells(text)
         names = list(dict.fromkeys(r["estimator"] for _, rows in done for r in rows))
         write_results("recovery_headline", headline(done, names, "full"))
-        print(f"merged {args.merge[1]} into {args.merge[0]} ({len(base_text)} chars)")
+        print(f"merged {args.merge[1:]} into {args.merge[0]} ({len(base_text)} chars)")
         return 0
     if args.reflag is not None:
         print(reflag(args.reflag))
@@ -1188,7 +1224,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(mode)
     if args.budget is None:
         args.budget = 70.0 if mode == "full" else 1e9
-    if args.cells:
+    if args.extras_only:
+        args.cells, args.topup = "none", "_extras"
+        plan.cells = []
+    elif args.cells:
         wanted = {int(c) for c in args.cells.split(",")}
         plan.cells = [(i, c) for i, c in plan.cells if i in wanted]
     ests, notes = estimators()
@@ -1204,7 +1243,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.workers} worker processes, one BLAS thread each. Fixed seeds: replication r of "
         "cell i uses SeedSequence((2026, i, r))."
     )
-    name = f"recovery_{mode}" + ("_topup" if args.cells and mode == "full" else "")
+    name = f"recovery_{mode}" + (f"_topup{args.topup}" if args.cells and mode == "full" else "")
     print(plan_text, flush=True)
     t_start = time.perf_counter()
     done: list[tuple[CellResult, list[dict[str, Any]]]] = []
@@ -1245,7 +1284,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"R={reps}/{reps_slow}): {cell.label}",
                 flush=True,
             )
-        if mode == "full" and not args.cells:
+        if mode == "full" and not args.cells and plan.cells:
             write_results("recovery_headline", headline(done, names, mode))
         extra = ""
         if not args.skip_extras:
