@@ -557,20 +557,8 @@ def sysid_pipeline(
         s.keep(s.t - t0 <= duration)
 
     # regression rows, in SysId's order (per side: slow-forward, slow-backward, fast-..., ...)
-    frames = []
-    for s in segs:
-        assert s.a is not None
-        frame = {"test": s.test, "time": s.t, "a": s.a, "v": s.v, "u": s.u}
-        if mechanism == "drivetrain":
-            frame["side"] = s.side
-        if mechanism == "arm":
-            theta = s.x * _angle_scale(log, angle_unit)
-            frame["cos"], frame["sin"] = np.cos(theta), np.sin(theta)
-        frames.append(pd.DataFrame(frame))
-    data = pd.concat(frames, ignore_index=True)
-    data["sgn"] = np.copysign(1.0, data["v"].to_numpy())
-    if mechanism == "elevator":
-        data["const"] = 1.0
+    assert all(s.a is not None for s in segs)
+    data = _regression_frame(segs, [s.a for s in segs], log, mechanism, angle_unit)
     # 6. exact-zero accelerations (drivetrains keep them: combined before the filter)
     if mechanism != "drivetrain":
         data = data.loc[data["a"].to_numpy() != 0.0].reset_index(drop=True)
@@ -596,20 +584,8 @@ def _untrimmed(
     noise-free unit check, which regresses the exact acceleration of a simulated plant.
     """
     segs = _segments(log, mechanism, acceleration, keep_last=True, sign_voltage=False)
-    frames = []
-    for s in segs:
-        a = _central_acceleration(s) if acceleration is None else s.a
-        frame = {"test": s.test, "time": s.t, "a": a, "v": s.v, "u": s.u}
-        if mechanism == "drivetrain":
-            frame["side"] = s.side
-        if mechanism == "arm":
-            theta = s.x * _angle_scale(log, angle_unit)
-            frame["cos"], frame["sin"] = np.cos(theta), np.sin(theta)
-        frames.append(pd.DataFrame(frame))
-    data = pd.concat(frames, ignore_index=True)
-    data["sgn"] = np.copysign(1.0, data["v"].to_numpy())
-    if mechanism == "elevator":
-        data["const"] = 1.0
+    accels = [_central_acceleration(s) if acceleration is None else s.a for s in segs]
+    data = _regression_frame(segs, accels, log, mechanism, angle_unit)
     info = {"nobs_by_test": data.groupby("test", sort=False).size().to_dict()}
     return data, info
 
@@ -1506,3 +1482,24 @@ def _warn_poor(gains: pd.DataFrame, mechanism: str) -> None:
             ExcitationWarning,
             stacklevel=3,
         )
+
+
+def _regression_frame(
+    segs: list[Any], accels: list[Any], log: Any, mechanism: str, angle_unit: Any
+) -> pd.DataFrame:
+    """Rows of SysId's regression ``a ~ v + u + sgn(v)`` (+ ``const`` for an elevator, ``cos``
+    and ``sin`` of the angle for an arm, ``side`` for drivetrains), one block per test."""
+    frames = []
+    for s, a in zip(segs, accels, strict=True):
+        frame = {"test": s.test, "time": s.t, "a": a, "v": s.v, "u": s.u}
+        if mechanism == "drivetrain":
+            frame["side"] = s.side
+        if mechanism == "arm":
+            theta = s.x * _angle_scale(log, angle_unit)
+            frame["cos"], frame["sin"] = np.cos(theta), np.sin(theta)
+        frames.append(pd.DataFrame(frame))
+    data = pd.concat(frames, ignore_index=True)
+    data["sgn"] = np.copysign(1.0, data["v"].to_numpy())
+    if mechanism == "elevator":
+        data["const"] = 1.0
+    return data
