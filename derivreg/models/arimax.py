@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import scipy.special
 import scipy.stats
 
 from derivreg._typing import FloatArray
@@ -381,7 +382,7 @@ def fit_arx(
         phi_int = _phi_interval(design, float(disc[0]), float(np.sqrt(disc_cov[0, 0])))
     theta, cov = _delta(design, disc[:k], disc_cov[:k, :k], m)
     if estimator == "ml":
-        theta, cov, resid, fitted, s2, df, info = _armax_ml(design, linear, q, theta, cov)
+        theta, cov, resid, fitted, s2, df, info = _armax_ml(design, linear, q, theta, cov, noise)
         disc = np.concatenate([theta, info["ma"], [s2]])
         disc_cov = cov
         cov = cov[: len(theta), : len(theta)]
@@ -568,7 +569,26 @@ def _tied(design: ARXDesign, linear: np.ndarray):
     return parts
 
 
-def _armax_ml(design: ARXDesign, linear: np.ndarray, q: int, theta0: FloatArray, cov0: FloatArray):
+def _structural_psi(a: float, dt: float, s: float) -> float:
+    """MA(1) coefficient of ``η_k + e_{k+1} - φ e_k`` (first order, process and measurement noise).
+
+    Its lag-one autocorrelation ``-φτ²/(q + τ²(1 + φ²))`` (``q = Var η``) runs from ``0`` (no
+    measurement noise) to ``-φ/(1 + φ²)`` (no process noise), so the invertible MA coefficient lies
+    in ``[-min(φ, 1/φ), 0]``: ``ψ = -min(φ, 1/φ) s`` with ``s ∈ [0, 1]`` (``s = 1``: measurement
+    noise only).
+    """
+    phi = float(np.exp(a * dt))
+    return -min(phi, 1.0 / phi) * s
+
+
+def _armax_ml(
+    design: ARXDesign,
+    linear: np.ndarray,
+    q: int,
+    theta0: FloatArray,
+    cov0: FloatArray,
+    noise: Noise = "both",
+):
     """Exact Gaussian ML of the ARMAX with tied lags, conditional on the first lags.
 
     ``r0(a) = Z(a) θ + u``, ``u ~ MA(q)``: for given ``(a, ψ)``, ``θ`` and the innovation
@@ -577,6 +597,15 @@ def _armax_ml(design: ARXDesign, linear: np.ndarray, q: int, theta0: FloatArray,
     invertible parameterisation). Standard errors: inverse of the numerical Hessian of the full
     log-likelihood in ``(a, θ, ψ, σ²)`` (not block diagonal: the lagged output is correlated with
     past errors).
+
+    First order with a state term: the MA coefficient is restricted to the values the noise model
+    can produce, ``ψ = -min(φ, 1/φ) s`` (see :func:`_structural_psi`), with ``s = 1`` for
+    ``noise="measurement"`` and ``s ∈ [0, 1]`` for ``noise="both"``. Left free, ``ψ`` piles up at
+    the invertibility boundary ``-1`` in about one fit in ten under pure measurement noise
+    (true ``ψ = -φ`` near ``-1``), where the information about ``θ`` is grossly overstated (the
+    inverse MA filter integrates the regressors). When the maximum is on a boundary of ``s``
+    (``0``: white errors; ``1``: measurement noise only) the information is that of the model with
+    ``s`` fixed there.
     """
     import scipy.optimize
     from statsmodels.tools.numdiff import approx_hess3
@@ -585,11 +614,19 @@ def _armax_ml(design: ARXDesign, linear: np.ndarray, q: int, theta0: FloatArray,
     seg = design.seg_of_row
     n = len(design.response)
     has_a = design.has_state
+    structural = has_a and design.order == 1 and q == 1
+    dt = design.dt
 
-    def profile(v: FloatArray) -> tuple[float, FloatArray, float]:
+    def psi_of(a: float, z: FloatArray, s_fixed: float | None) -> FloatArray:
+        if not structural:
+            return _psi_from(z)
+        s = s_fixed if s_fixed is not None else float(scipy.special.expit(z[0]))
+        return np.array([_structural_psi(a, dt, s)])
+
+    def profile(v: FloatArray, s_fixed: float | None = None) -> tuple[float, FloatArray, float]:
         a = float(v[0]) if has_a else 0.0
         z = v[1:] if has_a else v
-        psi = _psi_from(z)
+        psi = psi_of(a, z, s_fixed)
         r0, Z = parts(a)
         try:
             Wt, logdet = _ma_whiten(psi, seg, np.column_stack([r0, Z]))
@@ -598,37 +635,56 @@ def _armax_ml(design: ARXDesign, linear: np.ndarray, q: int, theta0: FloatArray,
         th, *_ = np.linalg.lstsq(Wt[:, 1:], Wt[:, 0], rcond=None)
         e = Wt[:, 0] - Wt[:, 1:] @ th
         s2 = float(e @ e / n)
-        if not s2 > 0:
+        if not s2 > 0 or not np.isfinite(logdet):
             return -np.inf, th, np.nan
         return -0.5 * (n * np.log(2 * np.pi * s2) + logdet + n), th, s2
 
     a0 = [float(theta0[0])] if has_a else []
-    # the MA part first, at the starting a (one scalar search per MA coefficient), then all
-    z0 = np.zeros(q)
-    for i in range(q):
+    s_fixed: float | None = None
+    if structural and noise == "measurement":
+        # ψ = -min(φ, 1/φ): a one-dimensional search over a
+        s_fixed = 1.0
+        se0 = float(np.sqrt(max(cov0[0, 0], 1e-300)))
+        best = _search_a(lambda a: -profile(np.array([a]), 1.0)[0] / n, a0[0], se0)
+        x_best = np.array([best])
+    else:
+        # the MA part first, at the starting a (one scalar search per MA coefficient), then all
+        z0 = np.zeros(q)
+        for i in range(q):
 
-        def prof_i(zi: float, i: int = i) -> float:
-            z = z0.copy()
-            z[i] = zi
-            return -profile(np.asarray([*a0, *z]))[0] / n
+            def prof_i(zi: float, i: int = i) -> float:
+                z = z0.copy()
+                z[i] = zi
+                return -profile(np.asarray([*a0, *z]))[0] / n
 
-        z0[i] = scipy.optimize.minimize_scalar(prof_i, bounds=(-6.0, 6.0), method="bounded").x
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        best = scipy.optimize.minimize(
-            lambda v: -profile(v)[0] / n,
-            np.asarray([*a0, *z0], float),
-            method="Nelder-Mead",
-            options={"xatol": 1e-7, "fatol": 1e-12, "maxiter": 4000},
-        )
-    assert best is not None
-    ll, th, s2 = profile(best.x)
+            z0[i] = scipy.optimize.minimize_scalar(prof_i, bounds=(-6.0, 6.0), method="bounded").x
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            opt = scipy.optimize.minimize(
+                lambda v: -profile(v)[0] / n,
+                np.asarray([*a0, *z0], float),
+                method="Nelder-Mead",
+                options={"xatol": 1e-7, "fatol": 1e-12, "maxiter": 4000},
+            )
+        x_best = np.asarray(opt.x, float)
+        if structural:
+            # the boundaries of s: the maximum over [0, 1] may sit on one (expit never reaches it)
+            ll_best = profile(x_best)[0]
+            se0 = float(np.sqrt(max(cov0[0, 0], 1e-300)))
+            for s_b in (0.0, 1.0):
+                a_b = _search_a(
+                    lambda a, s_b=s_b: -profile(np.array([a]), s_b)[0] / n, float(x_best[0]), se0
+                )
+                ll_b = profile(np.array([a_b]), s_b)[0]
+                if ll_b >= ll_best - 1e-9 * max(1.0, abs(ll_best)):
+                    ll_best, x_best, s_fixed = ll_b, np.array([a_b]), s_b
+    ll, th, s2 = profile(x_best, s_fixed)
     if not np.isfinite(ll):
         raise ConvergenceError("the ARMAX likelihood could not be evaluated")
-    a = float(best.x[0]) if has_a else 0.0
-    z = best.x[1:] if has_a else best.x
-    psi = _psi_from(z)
-    if np.max(np.abs(z)) > 8:
+    a = float(x_best[0]) if has_a else 0.0
+    z = x_best[1:] if has_a else x_best
+    psi = psi_of(a, z, s_fixed)
+    if not structural and np.max(np.abs(z)) > 8:
         warnings.warn(
             "the MA part of the ARMAX is at the invertibility boundary (a near-unit MA root); "
             "its standard errors may be unreliable",
@@ -637,15 +693,19 @@ def _armax_ml(design: ARXDesign, linear: np.ndarray, q: int, theta0: FloatArray,
         )
     coef = np.concatenate([[a], th]) if has_a else th
     k = len(coef)
-    # the Hessian in (a, θ, ψ, log σ²): σ² may be tiny in the data's units, and the θ block of
-    # the inverse does not depend on how the nuisance parameters are parameterised
-    full = np.concatenate([coef, psi, [np.log(s2)]])
+    # the Hessian in (a, θ, ψ, log σ²) — or (a, θ, log σ²) with ψ tied to a when s sits on a
+    # boundary: σ² may be tiny in the data's units, and the θ block of the inverse does not
+    # depend on how the nuisance parameters are parameterised
+    free_psi = s_fixed is None
+    full = np.concatenate([coef, psi if free_psi else [], [np.log(s2)]])
+    q_free = q if free_psi else 0
 
     def ll_full(p: FloatArray) -> float:
         aa = float(p[0]) if has_a else 0.0
         tt = p[1:k] if has_a else p[:k]
         r0, Z = parts(aa)
-        return _ma_loglike(tt, p[k : k + q], float(np.exp(p[k + q])), Z, r0, seg)
+        ps = p[k : k + q_free] if free_psi else psi_of(aa, np.zeros(0), s_fixed)
+        return _ma_loglike(tt, ps, float(np.exp(p[k + q_free])), Z, r0, seg)
 
     steps = 1e-4 * np.maximum(np.abs(full), 1e-2 * (1.0 + np.max(np.abs(coef))))
     H = approx_hess3(full, ll_full, epsilon=steps)
@@ -661,11 +721,29 @@ def _armax_ml(design: ARXDesign, linear: np.ndarray, q: int, theta0: FloatArray,
             "the ARMAX information matrix is not positive definite: the coefficients are not "
             "identified (or the MA part is at the invertibility boundary)"
         )
+    if not free_psi:
+        # report the full layout (a, θ, ψ, log σ²) with ψ a function of a
+        cov = np.insert(np.insert(cov, k, 0.0, axis=0), k, 0.0, axis=1)
     r0, Z = parts(a)
     resid = r0 - Z @ th
     fitted = design.response - resid
-    info = {"ma": psi.tolist(), "loglike": float(ll)}
+    info: dict[str, object] = {"ma": psi.tolist(), "loglike": float(ll)}
+    if structural:
+        info["ma boundary"] = (
+            "none" if s_fixed is None else ("measurement noise only" if s_fixed else "white")
+        )
     return coef, cov, resid, fitted, s2, float(n - len(full)), info
+
+
+def _search_a(f, a0: float, se0: float) -> float:
+    """Minimise a scalar function of ``a`` in a bracket of width ``±10 SE`` around ``a0``."""
+    import scipy.optimize
+
+    width = 10 * se0 + 1e-6 * (1 + abs(a0))
+    opt = scipy.optimize.minimize_scalar(
+        f, bounds=(a0 - width, a0 + width), method="bounded", options={"xatol": 1e-10}
+    )
+    return float(opt.x)
 
 
 class ARIMAX(Model):
@@ -772,6 +850,8 @@ class ARIMAX(Model):
             info["a interval (phi scale)"] = tuple(float(v) for v in fit.phi_interval)
         if "ma" in fit.info:
             info["MA coefficients"] = [round(float(v), 4) for v in fit.info["ma"]]
+        if "ma boundary" in fit.info:
+            info["MA boundary"] = fit.info["ma boundary"]
         if rel.nonlinear:
             info["nonlinear terms"] = (
                 f"{', '.join(rel.nonlinear)} evaluated on (x[k+1] - x[k]) / Δ, held over each "
