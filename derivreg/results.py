@@ -334,6 +334,14 @@ class DiffRegResults:
         -------
         DataFrame on the data's index with one column per state and its derivatives below the
         equation order (``x``, ``d(x)``), NaN on rows that were not used.
+
+        Notes
+        -----
+        A ``sign()`` of the top state (Coulomb friction, ``kA x'' = u − kV x' − kS sign(x')``)
+        is integrated as a stick-slip switch: at ``x' = 0`` the mechanism stays at rest while
+        the drive cannot overcome the friction (``|u| ≤ kS``) and breaks away in the direction
+        of the drive otherwise (:func:`_solve_switching`), as the exact simulator
+        :func:`derivreg.simulate.motor` does.
         """
         return _simulate(self, data, rtol=rtol, atol=atol)
 
@@ -494,7 +502,12 @@ def _simulate(res: DiffRegResults, data: Any, rtol: float, atol: float) -> Any:
         rhs = ode_rhs(spec, params, slots, inputs)
         max_step = float(np.min(np.diff(t))) if hold == "zoh" else np.inf
         label = "" if sd.segment_labels[i] is None else f" (segment {sd.segment_labels[i]!r})"
-        sol, why = _solve_guarded(rhs, t, y0, rtol=rtol, atol=atol, max_step=max_step)
+        tops = [slots[(eq.response, eq.order - 1)] for eq in spec.equations]
+        switch = _switching_slot(rhs, float(t[0]), y0, tops)
+        if switch is None:
+            sol, why = _solve_guarded(rhs, t, y0, rtol=rtol, atol=atol, max_step=max_step)
+        else:
+            sol, why = _solve_switching(rhs, t, y0, switch, rtol=rtol, atol=atol, max_step=max_step)
         if sol is None:
             warnings.warn(
                 f"simulate(){label}: {why}; the simulated path is NaN there",
@@ -571,3 +584,181 @@ def _solve_guarded(
     if sol.status == -1:
         return None, f"the ODE solver failed ({sol.message})"
     return sol, ""
+
+
+#: the magnitude standing in for "just above/below zero" when a switching term is evaluated
+_TINY = float(np.finfo(float).tiny)
+
+
+def _side(rhs: Any, s: float, y: FloatArray, w: int, sign: float) -> float:
+    """``dw/dt`` evaluated with the switching state ``w`` at ``sign·0⁺`` (one side of the jump)."""
+    yy = np.array(y, dtype=float)
+    yy[w] = sign * _TINY
+    return float(rhs(s, yy)[w])
+
+
+def _switching_slot(rhs: Any, t0: float, y0: FloatArray, tops: list[int]) -> int | None:
+    """The state across whose zero the right side jumps (``sign(d(x))``: Coulomb friction).
+
+    The top state ``w`` of an equation is a switching state when ``dw/dt`` at ``w = 0⁺`` and
+    ``w = 0⁻`` differ (a ``sign(w)`` term with a non-zero coefficient). Only one switching
+    state is handled (a single mechanism); None when there is none or more than one.
+    """
+    found = []
+    for w in tops:
+        up, down = _side(rhs, t0, y0, w, 1.0), _side(rhs, t0, y0, w, -1.0)
+        if (
+            np.isfinite(up)
+            and np.isfinite(down)
+            and abs(up - down) > 1e-9 * (1.0 + abs(up) + abs(down))
+        ):
+            found.append(w)
+    return found[0] if len(found) == 1 else None
+
+
+def _solve_switching(
+    rhs: Any,
+    t: FloatArray,
+    y0: FloatArray,
+    w: int,
+    *,
+    rtol: float,
+    atol: float,
+    max_step: float,
+) -> tuple[Any, str]:
+    """Integrate a relation with a ``sign(w)`` term as a stick-slip (Filippov) system.
+
+    For ``w' = f(z) + c·sign(w)`` (e.g. ``kA v' = u − kV v − kS sign(v)``) the right side jumps
+    at ``w = 0``. Let ``f⁺``, ``f⁻`` be ``w'`` just above and below zero. Then
+
+    * **slip** (``w ≠ 0``, direction ``s``): the sign is held at ``s`` and the flow is smooth;
+      the integration stops at the event ``w = 0``;
+    * at ``w = 0``: if ``f⁺ ≤ 0 ≤ f⁻`` (static friction holds: ``|u − kV·0| ≤ kS``) the state
+      **sticks**, ``w = 0`` and ``w' = 0`` (lower derivatives follow), until ``f⁺ > 0`` or
+      ``f⁻ < 0`` (breakaway, an event on the inputs); otherwise it slips toward the side
+      whose ``w'`` points away from zero.
+
+    The mode is decided on the inputs a moment (``1e-9`` of the span) after the switching time,
+    so that a held input's jump at a sample time is seen on its new side. Without this, an
+    adaptive solver chatters around ``w = 0`` at rest and exhausts its budget.
+    Returns ``(solution, "")`` (``sol.t``, ``sol.y`` on the sample times reached) or
+    ``(None, reason)``.
+    """
+    from types import SimpleNamespace
+
+    from scipy.integrate import solve_ivp
+
+    t_end = float(t[-1])
+    delta = 1e-9 * max(t_end - float(t[0]), 1e-300)
+    scale = 1.0 + float(np.max(np.abs(y0)))
+    budget = 2000 + 150 * len(t)
+    calls = [0]
+    out = np.full((len(y0), len(t)), np.nan)
+    reached = 0
+
+    def decide(s: float, y: FloatArray) -> int:
+        if y[w] != 0.0:
+            return 1 if y[w] > 0 else -1
+        look = min(s + delta, t_end)
+        up, down = _side(rhs, look, y, w, 1.0), _side(rhs, look, y, w, -1.0)
+        if up <= 0.0 <= down:
+            return 0
+        if up > 0.0 and down >= 0.0:
+            return 1
+        if down < 0.0 and up <= 0.0:
+            return -1
+        return 1 if up + down >= 0.0 else -1  # repelling at rest: either way; the larger push
+
+    def blowup(s: float, y: FloatArray) -> float:
+        return _BLOWUP * scale - float(np.max(np.abs(y)))
+
+    blowup.terminal = True  # type: ignore[attr-defined]
+
+    def counted(f: Any) -> Any:
+        def g(s: float, y: FloatArray) -> FloatArray:
+            calls[0] += 1
+            if calls[0] > budget:
+                raise _BudgetExceeded
+            return f(s, y)
+
+        return g
+
+    cur, z = float(t[0]), np.array(y0, dtype=float)
+    mode = decide(cur, z)
+    switches, max_switches = 0, 20 * len(t) + 100
+    while True:
+        if mode == 0:
+            z[w] = 0.0
+
+            def flow(s: float, y: FloatArray) -> FloatArray:
+                yy = np.array(y, dtype=float)
+                yy[w] = 0.0
+                d = np.asarray(rhs(s, yy), dtype=float).copy()
+                d[w] = 0.0
+                return d
+
+            def leave_up(s: float, y: FloatArray) -> float:
+                return _side(rhs, s, y, w, 1.0)
+
+            def leave_down(s: float, y: FloatArray) -> float:
+                return -_side(rhs, s, y, w, -1.0)
+
+            leave_up.terminal = leave_down.terminal = True  # type: ignore[attr-defined]
+            leave_up.direction = leave_down.direction = 1.0  # type: ignore[attr-defined]
+            events: list[Any] = [leave_up, leave_down, blowup]
+        else:
+            sgn = float(mode)
+
+            def flow(s: float, y: FloatArray, sgn: float = sgn) -> FloatArray:
+                yy = np.array(y, dtype=float)
+                yy[w] = sgn * max(sgn * yy[w], _TINY)  # hold the sign through the last step
+                return rhs(s, yy)
+
+            def stop(s: float, y: FloatArray, sgn: float = sgn) -> float:
+                return sgn * float(y[w])
+
+            stop.terminal = True  # type: ignore[attr-defined]
+            stop.direction = -1.0  # type: ignore[attr-defined]
+            events = [stop, blowup]
+        first = int(np.searchsorted(t, cur, side="left"))
+        try:
+            sol = solve_ivp(
+                counted(flow),
+                (cur, t_end),
+                z,
+                t_eval=t[first:],
+                rtol=rtol,
+                atol=atol,
+                max_step=max_step,
+                method="LSODA",
+                events=events,
+            )
+        except _BudgetExceeded:
+            return None, (
+                f"the solver needed more than {budget} evaluations (a stiff or unstable fitted "
+                "relation)"
+            )
+        if sol.status == -1:
+            return None, f"the ODE solver failed ({sol.message})"
+        n_new = len(sol.t)
+        out[:, first : first + n_new] = sol.y
+        reached = max(reached, first + n_new)
+        if sol.status != 1:
+            break
+        hit = [k for k, te in enumerate(sol.t_events) if len(te)]
+        if events[hit[0]] is blowup:  # diverged: the caller reports the early end
+            break
+        switches += 1
+        if switches > max_switches:
+            return None, f"the stick-slip switching did not settle ({switches} switches)"
+        cur = float(sol.t_events[hit[0]][0])
+        z = np.array(sol.y_events[hit[0]][0], dtype=float)
+        if mode != 0:
+            z[w] = 0.0
+        new = decide(cur, z)
+        if mode == 0 and new == 0:  # at the breakaway root itself: leave as the event says
+            new = 1 if events[hit[0]] is events[0] else -1
+        mode = new
+        if cur >= t_end:
+            break
+    return SimpleNamespace(t=t[:reached], y=out[:, :reached]), ""
