@@ -503,7 +503,7 @@ def _simulate(res: DiffRegResults, data: Any, rtol: float, atol: float) -> Any:
         max_step = float(np.min(np.diff(t))) if hold == "zoh" else np.inf
         label = "" if sd.segment_labels[i] is None else f" (segment {sd.segment_labels[i]!r})"
         tops = [slots[(eq.response, eq.order - 1)] for eq in spec.equations]
-        switch = _switching_slot(rhs, float(t[0]), y0, tops)
+        switch = _switching_slot(rhs, t, y0, tops)
         if switch is None:
             sol, why = _solve_guarded(rhs, t, y0, rtol=rtol, atol=atol, max_step=max_step)
         else:
@@ -597,22 +597,25 @@ def _side(rhs: Any, s: float, y: FloatArray, w: int, sign: float) -> float:
     return float(rhs(s, yy)[w])
 
 
-def _switching_slot(rhs: Any, t0: float, y0: FloatArray, tops: list[int]) -> int | None:
+def _switching_slot(rhs: Any, t: FloatArray, y0: FloatArray, tops: list[int]) -> int | None:
     """The state across whose zero the right side jumps (``sign(d(x))``: Coulomb friction).
 
     The top state ``w`` of an equation is a switching state when ``dw/dt`` at ``w = 0⁺`` and
-    ``w = 0⁻`` differ (a ``sign(w)`` term with a non-zero coefficient). Only one switching
+    ``w = 0⁻`` differ (a ``sign(w)`` term with a non-zero coefficient), checked at the initial
+    state with the inputs at the start, middle and end of the segment. Only one switching
     state is handled (a single mechanism); None when there is none or more than one.
     """
     found = []
     for w in tops:
-        up, down = _side(rhs, t0, y0, w, 1.0), _side(rhs, t0, y0, w, -1.0)
-        if (
-            np.isfinite(up)
-            and np.isfinite(down)
-            and abs(up - down) > 1e-9 * (1.0 + abs(up) + abs(down))
-        ):
-            found.append(w)
+        for s in (float(t[0]), float(t[len(t) // 2]), float(t[-1])):
+            up, down = _side(rhs, s, y0, w, 1.0), _side(rhs, s, y0, w, -1.0)
+            if (
+                np.isfinite(up)
+                and np.isfinite(down)
+                and abs(up - down) > 1e-9 * (1.0 + abs(up) + abs(down))
+            ):
+                found.append(w)
+                break
     return found[0] if len(found) == 1 else None
 
 
