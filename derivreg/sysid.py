@@ -26,6 +26,13 @@ intervals the log does not determine kA (a few quantised readings of the step re
 any sensor lag reads as kA); ``"auto"`` then reports the state-space fit with intervals that
 include the disagreement with the integral fit, the readings' rounding and a one-sample
 timing ambiguity, and warns (:class:`~derivreg.exceptions.BiasWarning` naming kA).
+
+Process noise: the integral form's estimates are biased under it (its trapezoid regressor
+carries the increment's noise), so ``"auto"`` reports the state-space fit when the integral
+fit's pretest finds process noise; the state-space innovations' whiteness (free with that fit)
+then tells whether the log fits the model, and if not the intervals are widened by the
+disagreement with the integral fit. Long steady-state holds are detected from the fitted
+time constant and flagged (:class:`~derivreg.exceptions.ExcitationWarning`).
 """
 
 from __future__ import annotations
@@ -741,9 +748,15 @@ def characterize(
         without its data preparation, as in SysId's own unit check; ``angle_unit``;
         ``cov_type``, ``cov_kwds`` — statsmodels OLS covariance, default ``"nonrobust"``).
         ``"auto"`` (default, the recommended method: the integral form with feasible GLS,
-        ``AUTO_METHOD``/``AUTO_OPTIONS``; when the fitted time constant ``kA/kV`` spans fewer
-        than 3 intervals between the rows used, the estimates of the state-space fit, exact
-        between samples, with intervals widened as under ``cross_check`` below, by the
+        ``AUTO_METHOD``/``AUTO_OPTIONS``, when its residuals are explained by measurement
+        noise; when its pretest finds process noise, under which the integral form is biased
+        (kA +1.3 SD on a simulated motor, +3.5 SD with 20 s of steady state per step), the
+        state-space fit (exact discretisation, process and measurement noise; ``info
+        ["auto_choice"]``), whose intervals are widened by the disagreement with the integral
+        fit when its innovations are not white (Ljung–Box p < ``MISFIT_PVALUE``: the log
+        departs from the model), with a BiasWarning; when the fitted time constant ``kA/kV``
+        spans fewer than 3 intervals between the rows used, the estimates of the state-space
+        fit with intervals widened as under ``cross_check`` below, by the
         rounding of the step-response readings and by a one-sample timing ambiguity, and a
         BiasWarning that kA is not determined by the log),
         ``"integral"``, ``"gradient"``, ``"arimax"``, ``"statespace"``, ``"fourier"``,
@@ -759,7 +772,9 @@ def characterize(
         beyond twice their combined SE; ``False``: no cross-check; anything else, e.g.
         ``cov_type``, goes to :func:`derivreg.fit`). Warns with
         :class:`~derivreg.exceptions.ExcitationWarning` when a gain's relative standard error
-        exceeds 25%.
+        exceeds 25%, and when more than half of the rows lie more than 5 time constants
+        ``kA/kV`` after the start of motion of a dynamic test (settled steady state, carrying
+        nothing about kA; ``info["steady_state"]``).
     alpha : float
         1 − confidence level of the intervals.
     **options
@@ -964,7 +979,8 @@ def _formula(mechanism: str, signal: str) -> tuple[str, list[str]]:
     return f"{lhs} ~ {' + '.join(rhs)} - 1", names
 
 
-#: what ``method="auto"`` runs: :func:`derivreg.fit` method and options
+#: what ``method="auto"`` runs first: :func:`derivreg.fit` method and options (the state-space
+#: fit replaces it under process noise or when kA/kV spans fewer than 3 samples)
 AUTO_METHOD = "integral"
 AUTO_OPTIONS: dict[str, Any] = {"cov_type": "GLS"}
 
@@ -1010,6 +1026,100 @@ def compare(
     return pd.concat(rows, ignore_index=True)
 
 
+def _fit_recorded(call: Callable[[], Any]) -> tuple[Any, list[warnings.WarningMessage]]:
+    """Run a fit, recording its warnings (re-emitted by :func:`_reemit` if its result is used)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = call()
+    return res, list(caught)
+
+
+def _reemit(
+    caught: list[warnings.WarningMessage], drop: Callable[[warnings.WarningMessage], bool]
+) -> None:
+    """Issue the recorded warnings again (at the caller of :func:`characterize`), except those
+    ``drop`` says another check of this module states better."""
+    for w in caught:
+        if not drop(w):
+            warnings.warn(w.message, w.category, stacklevel=4)
+
+
+def _process_noise_found(res: Any) -> bool:
+    """Whether the integral fit's pretest kept process noise (``process noise SD`` > 0).
+
+    Its covariance then includes process noise, but its estimates do not correct for it: the
+    trapezoid regressor ``(v_{k−1} + v_k)/2`` carries the increment's noise, which biases
+    ``α`` and ``β`` (kA by +1.2 SD on the recovery grid's motor, +3.3 SD with 20 s of steady
+    state per step), the more so the longer the record.
+    """
+    info = getattr(res, "info", {}) or {}
+    return any(
+        str(k).startswith("process noise SD") and isinstance(v, (int, float)) and v > 0
+        for k, v in info.items()
+    )
+
+
+#: Ljung–Box p-value of the state-space innovations below which ``"auto"`` treats the log as
+#: departing from the model (and cross-checks its gains against the integral fit's)
+MISFIT_PVALUE = 0.01
+
+#: a dynamic-test row this many time constants ``kA/kV`` after the start of motion is settled
+STEADY_TIME_CONSTANTS = 5.0
+
+#: share of settled rows above which an ExcitationWarning says so
+STEADY_SHARE_WARN = 0.5
+
+
+def _steady_state(data: pd.DataFrame, gains: pd.DataFrame) -> dict[str, Any]:
+    """Rows of the dynamic tests more than :data:`STEADY_TIME_CONSTANTS` time constants after
+    the start of motion, where the step response has settled.
+
+    After a voltage step the velocity approaches its terminal value as ``e^{−t/τ}``,
+    ``τ = kA/kV``; its sensitivity to kA is ``∝ (t/τ) e^{−t/τ}``, so the rows after ``5τ`` carry
+    ``∫_5^∞ x² e^{−2x} dx / ∫_0^∞ x² e^{−2x} dx ≈ 0.3%`` of the log's information on kA (they
+    inform kV and kS only). Detected from the fitted τ, not from a smoothed acceleration, which
+    process noise keeps away from zero (the generic steady-state diagnostic saw 21% of such a
+    log at rest when 72% was).
+    """
+    kv, ka = gains.loc["kV", "estimate"], gains.loc["kA", "estimate"]
+    tau = ka / kv if kv > 0 and ka > 0 else float("nan")
+    out: dict[str, Any] = {"time_constant": float(tau), "rows": 0, "share": 0.0, "seconds": 0.0}
+    if not np.isfinite(tau):
+        return out
+    rows, secs = 0, 0.0
+    for label, g in data.groupby("segment", sort=False)["time"]:
+        if "fast" not in str(label):
+            continue
+        t = g.to_numpy(dtype=float)
+        late = t - t[0] > STEADY_TIME_CONSTANTS * tau
+        rows += int(late.sum())
+        if late.any():
+            secs += float(t[-1] - t[late][0])
+    out.update(rows=rows, share=rows / max(len(data), 1), seconds=secs)
+    return out
+
+
+def _warn_steady(steady: dict[str, Any]) -> None:
+    """ExcitationWarning: most rows are settled steady state that carries nothing about kA."""
+    tau = steady["time_constant"]
+    warnings.warn(
+        f"{steady['share']:.0%} of the rows the fit uses ({steady['rows']} rows, "
+        f"{steady['seconds']:.3g} s of the dynamic tests) lie more than "
+        f"{STEADY_TIME_CONSTANTS:g} time constants (kA/kV = {1e3 * tau:.3g} ms) after the start "
+        "of motion: the velocity has settled, and these rows inform kV and kS but carry almost "
+        f"nothing about kA (< 0.3% of the log's information on it); kA rests on the first "
+        f"{STEADY_TIME_CONSTANTS * tau:.3g} s of each step. A long hold adds no precision to kA "
+        "and lets any steady-state model error (quantisation, cogging, supply sag) weigh on the "
+        "fit: shorten the dynamic tests or repeat the steps",
+        ExcitationWarning,
+        stacklevel=4,
+    )
+
+
+def _is_generic_steady(w: warnings.WarningMessage) -> bool:
+    return issubclass(w.category, ExcitationWarning) and "at steady state" in str(w.message)
+
+
 def _fit_derivreg(
     log: pd.DataFrame,
     mechanism: str,
@@ -1042,25 +1152,48 @@ def _fit_derivreg(
         for key, value in AUTO_OPTIONS.items():
             fit_options.setdefault(key, value)
     fit_options.setdefault("input_hold", "zoh")
-    res = fit(formula, data, method=fit_method, time="time", segment="segment", **fit_options)
-    params = res.params
-    missing = [n for n in names if n not in params.index]
-    if missing:
-        raise IdentificationError(
-            f"the {fit_method} fit of {formula!r} returned no coefficient for {missing}"
-        )
-    theta = params[names].to_numpy(dtype=float)
-    cov = res.cov_params().loc[names, names].to_numpy(dtype=float)
-    gains, gcov = gains_from_coefficients(theta, cov, mechanism, alpha=alpha)
-    coefs = pd.Series(theta, index=list(_COEFS[mechanism]))
-    info["quantisation"] = []
-    if signal == "velocity":
-        gains, gcov, info["quantisation"] = _plateau_quantisation(
-            data, gains, gcov, alpha, mechanism, names,
-            lambda d: fit(formula, d, method=fit_method, time="time", segment="segment",
-                          **fit_options),
-        )  # fmt: skip
+    state_options = {k: v for k, v in fit_options.items() if k == "input_hold"}
+
+    def run(how: str, frame: pd.DataFrame) -> Any:
+        opts = fit_options if how == fit_method else state_options
+        return fit(formula, frame, method=how, time="time", segment="segment", **opts)
+
+    def gains_of(res: Any, how: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, list]:
+        params = res.params
+        missing = [n for n in names if n not in params.index]
+        if missing:
+            raise IdentificationError(
+                f"the {how} fit of {formula!r} returned no coefficient for {missing}"
+            )
+        theta = params[names].to_numpy(dtype=float)
+        cov = res.cov_params().loc[names, names].to_numpy(dtype=float)
+        g, gc = gains_from_coefficients(theta, cov, mechanism, alpha=alpha)
+        quant: list[dict[str, Any]] = []
+        if signal == "velocity":
+            g, gc, quant = _plateau_quantisation(
+                data, g, gc, alpha, mechanism, names, lambda d: run(how, d)
+            )
+        return g, gc, pd.Series(theta, index=list(_COEFS[mechanism])), quant
+
+    res, caught = _fit_recorded(lambda: run(fit_method, data))
+    gains, gcov, coefs, info["quantisation"] = gains_of(res, fit_method)
     resolution = _resolution(data, gains)
+    misfit: dict[str, Any] | None = None
+    if method == "auto" and not resolution["under_resolved"] and _process_noise_found(res):
+        # the integral form is biased under process noise (_process_noise_found): report the
+        # state-space fit (exact discretisation, process + measurement noise in the likelihood)
+        first = {"method": AUTO_METHOD, "gains": gains, "fit": res}
+        res, caught = _fit_recorded(lambda: run(CROSS_CHECK_METHOD, data))
+        fit_method = CROSS_CHECK_METHOD
+        gains, gcov, coefs, info["quantisation"] = gains_of(res, fit_method)
+        resolution = _resolution(data, gains)
+        info["auto_choice"] = (
+            "the integral fit's pretest found process noise, under which the integral form is "
+            f"biased: {CROSS_CHECK_METHOD} fit reported"
+        )
+        misfit = first
+    steady = _steady_state(data, gains)
+    _reemit(caught, drop=lambda w: steady["share"] > STEADY_SHARE_WARN and _is_generic_steady(w))
     checked = fit_method != CROSS_CHECK_METHOD and (
         cross_check is True or (cross_check == "auto" and method == "auto")
     )
@@ -1068,8 +1201,7 @@ def _fit_derivreg(
         if checked:
             gains, gcov, resolution["rise_rounding"] = _rise_rounding(
                 data, gains, gcov, alpha, mechanism, names, info["quantisation"],
-                lambda d: fit(formula, d, method=fit_method, time="time", segment="segment",
-                              **fit_options),
+                lambda d: run(fit_method, d),
             )  # fmt: skip
             check = _cross_check(formula, names, data, mechanism, alpha, fit_options)
             resolution["cross_check"] = check
@@ -1092,12 +1224,17 @@ def _fit_derivreg(
                 gains, gcov, resolution["sample_interval"], alpha
             )
         _warn_under_resolved(resolution, fit_method, checked)
+    elif misfit is not None:
+        gains, gcov = _check_misfit(res, gains, gcov, misfit, resolution, cross_check, alpha)
     elif cross_check is True and checked:
         check = _cross_check(formula, names, data, mechanism, alpha, fit_options)
         resolution["cross_check"] = check
         if "gains" in check:
             gains, gcov = _widen_disagreeing(gains, gcov, check, fit_method, alpha)
     info["resolution"] = resolution
+    info["steady_state"] = steady
+    if steady["share"] > STEADY_SHARE_WARN:
+        _warn_steady(steady)
     _warn_poor(gains, mechanism)
     info.update(
         {
@@ -1121,6 +1258,58 @@ def _fit_derivreg(
         units=str(log.attrs.get("units", "")),
         info=info,
     )
+
+
+def _check_misfit(
+    res: Any,
+    gains: pd.DataFrame,
+    gcov: pd.DataFrame,
+    first: dict[str, Any],
+    resolution: dict[str, Any],
+    cross_check: bool | str,
+    alpha: float,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``"auto"`` after switching to the state-space fit: is the log consistent with the model?
+
+    Under the model the standardized innovations of the state-space fit are white; their
+    Ljung–Box p-value (already computed by the fit) below :data:`MISFIT_PVALUE` says the log
+    departs from it (a filtered or lagged velocity, sides or tests with different gains,
+    unmodelled friction), and the intervals, which hold under the model, are too narrow. Then
+    — or always with ``cross_check=True`` — the gains on which the integral fit (computed
+    first, no extra cost) disagrees beyond twice their combined SE are widened by the
+    disagreement (:func:`_widen_disagreeing`, BiasWarning). ``cross_check=False``: warn only.
+    """
+    diag = getattr(res, "diagnostics", None)
+    pvalue = float(getattr(diag, "ljung_box_pvalue", float("nan")))
+    misfit = bool(np.isfinite(pvalue) and pvalue < MISFIT_PVALUE)
+    check: dict[str, Any] = {
+        "method": first["method"],
+        "gains": first["gains"],
+        "innovations_ljung_box_p": pvalue,
+        "misfit": misfit,
+    }
+    resolution["cross_check"] = check
+    if cross_check is False:
+        if misfit:
+            warnings.warn(
+                f"the {CROSS_CHECK_METHOD} fit's innovations are autocorrelated (Ljung–Box p = "
+                f"{pvalue:.2g}): the log departs from the model (e.g. a filtered or lagged "
+                "velocity, sides or tests with different gains), so the intervals, which hold "
+                "under the model, are too narrow; cross_check='auto' widens them by the "
+                "disagreement with the integral fit",
+                BiasWarning,
+                stacklevel=4,
+            )
+        return gains, gcov
+    if not (misfit or cross_check is True):
+        return gains, gcov
+    why = (
+        f"its innovations are autocorrelated (Ljung–Box p = {pvalue:.2g}), so the log departs "
+        "from the model"
+        if misfit
+        else "cross_check=True"
+    )
+    return _widen_disagreeing(gains, gcov, check, CROSS_CHECK_METHOD, alpha, why=why)
 
 
 #: harmonics of the rounding error summed in the dithered-quantiser bias variance
@@ -1403,7 +1592,13 @@ def _widen(
 
 
 def _widen_disagreeing(
-    gains: pd.DataFrame, gcov: pd.DataFrame, check: dict[str, Any], fit_method: str, alpha: float
+    gains: pd.DataFrame,
+    gcov: pd.DataFrame,
+    check: dict[str, Any],
+    fit_method: str,
+    alpha: float,
+    *,
+    why: str = "",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Widen (and name in a BiasWarning) the gains on which the two methods disagree beyond
     their standard errors: ``|θ̂ − θ̂_other| > 2·sqrt(se² + se_other²)`` (conservative: the two
@@ -1424,6 +1619,7 @@ def _widen_disagreeing(
         + ", ".join(
             f"{g} ({gains.loc[g, 'estimate']:.4g} vs {other.loc[g, 'estimate']:.4g})" for g in bad
         )
+        + (f" ({fit_method} fit checked because {why})" if why else "")
         + ": the log departs from the model (e.g. sensor lag or filtering, process noise, "
         "unmodelled friction); their intervals are widened by the disagreement",
         BiasWarning,

@@ -712,3 +712,83 @@ def test_compare_puts_sysid_beside_the_recommended_method():
     assert table["method"].str.startswith("auto").sum() == 3
     arimax = table[table["method"] == "arimax"]
     assert len(arimax) == 1 and "regular" in arimax["error"].iloc[0]  # jittery dt
+
+
+def process_noise_log(seed: int, steady: float) -> pd.DataFrame:
+    """The recovery grid's motor (benchmarks/recovery.py ``_motor_log``): kS = 0.5, kV = 2,
+    kA = 0.4 (τ = 0.2 s), dt = 20 ms, process noise σ = 0.2 on the acceleration, velocity
+    noise 0.02, ``steady`` extra seconds at the terminal velocity per step test."""
+    from derivreg.simulate import as_sysid_log, motor
+
+    return as_sysid_log(
+        motor(0.5, 2.0, 0.4, dt=0.02, tau=0.002, tau_velocity=0.02, sigma=0.2,
+              steady_state=steady, seed=seed)
+    )  # fmt: skip
+
+
+def test_auto_under_process_noise_is_unbiased_and_flags_long_steady_state():
+    """Process noise: the integral form is biased (kA +1.2 SD on this motor, +3.3 SD with 20 s
+    of steady state per step, at R = 100), so "auto" reports the state-space fit when the
+    integral fit's pretest finds process noise; 20 s holds are flagged as carrying nothing
+    about kA (ExcitationWarning), which the generic steady-state share (21%) missed."""
+    from derivreg.exceptions import ExcitationWarning
+
+    est, se = [], []
+    for seed in range(5000, 5005):
+        log = process_noise_log(seed, 20.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dr.DerivregWarning)
+            with pytest.warns(ExcitationWarning, match="5 time constants"):
+                ch = dr.characterize(log)
+        assert ch.method == "auto (statespace)" and "process noise" in ch.info["auto_choice"]
+        steady = ch.info["steady_state"]
+        # 2 x 20 s at 50 Hz after 5τ = 1 s of each 21-s step test, of all rows fitted
+        assert steady["rows"] == pytest.approx(2000, abs=40)
+        assert steady["share"] == pytest.approx(2000 / ch.info["nobs"], abs=0.02)
+        est.append(ch.gains.loc["kA", "estimate"])
+        se.append(ch.gains.loc["kA", "se"])
+    # the integral fit's bias here was 0.055 (3.3 of its SDs): far beyond this bound
+    assert abs(np.mean(est) - 0.4) < 4 * np.mean(se) / np.sqrt(len(est)), (est, se)
+    # a log without the holds: no steady-state warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        warnings.simplefilter("error", ExcitationWarning)
+        short = dr.characterize(process_noise_log(5000, 0.0))
+    assert short.info["steady_state"]["share"] < 0.05
+
+
+def test_auto_widens_kA_when_the_state_space_innovations_say_the_model_misfits(shared_data):
+    """Team 8744's drivetrain (FRC-Team8744/ThomasCanTrack): process noise sends "auto" to the
+    state-space fit, whose innovations are far from white (Ljung–Box p ~ 1e-24: the log departs
+    from the model); the integral fit, already computed, disagrees on kA by ~4 combined SEs,
+    so kA's interval is widened to reach it (it was 0.184 ± 0.004 from the integral fit alone,
+    while the methods' kA range over 0.14-0.21). cross_check=False only warns; a correct-model
+    log with process noise is not widened (its innovations are white)."""
+    from derivreg.exceptions import BiasWarning
+
+    path = shared_data / "sysid" / "team8744_2023_drivetrain.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        with pytest.warns(BiasWarning, match=r"on kA .*innovations are autocorrelated"):
+            ch = dr.characterize(path)
+        plain = dr.characterize(path, method="statespace")
+    assert ch.method == "auto (statespace)"
+    check = ch.info["resolution"]["cross_check"]
+    assert check["misfit"] and check["innovations_ljung_box_p"] < 1e-6
+    assert check["method"] == "integral" and "kA" in check["disagree"]
+    ka, other = ch.gains.loc["kA"], check["gains"].loc["kA", "estimate"]
+    assert ka["estimate"] == pytest.approx(plain.gains.loc["kA", "estimate"])
+    assert ka["se"] > 3 * plain.gains.loc["kA", "se"]
+    assert ka["lower"] < other < ka["upper"]
+    assert ka["lower"] < SYSID_GAINS[path.name]["kA"] < ka["upper"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        with pytest.warns(BiasWarning, match="autocorrelated"):
+            quiet = dr.characterize(path, cross_check=False)
+    pd.testing.assert_frame_equal(quiet.gains, plain.gains)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dr.DerivregWarning)
+        good = dr.characterize(process_noise_log(5001, 0.0))
+    check = good.info["resolution"]["cross_check"]
+    assert good.method == "auto (statespace)" and not check["misfit"]
+    assert "disagree" not in check
