@@ -16,6 +16,13 @@ exactly under ``input_hold`` (4-point Gauss–Legendre per sample interval, thro
 node). Real and imaginary parts are stacked; the constant enters through ``F(w)``, i.e. the zero
 bin (and its window neighbours).
 
+A held (``"zoh"``) input kinks the state wherever it changes, and the trapezoid transform of the
+state then misses an Euler–Maclaurin term proportional to each input's coefficient; it is added
+to the input's column (first order; the fit iterates over ``a`` to a fixed point), so noise-free
+data are fitted to ``O(Δ⁴)`` (before: 0.2% error in ``b``, a bias of +0.3 to +1.0 SD in the
+recovery grid's switching cells under measurement noise; after, R = 200: |bias| <= 0.15 SD,
+coverage 0.945-0.975 in cells 1, 2, 7, 10).
+
 Band: bins ``1..m_max`` whose (5-bin averaged) power ``|F(w x)|²`` exceeds ``snr`` times the
 measurement-noise level, and with ``ωΔ <= max_omega_dt`` (aliasing/quadrature error of the
 sampled state grows as ``(ωΔ)²/12``), plus the zero bin.
