@@ -1049,7 +1049,7 @@ def _process_noise_found(res: Any) -> bool:
 
     Its covariance then includes process noise, but its estimates do not correct for it: the
     trapezoid regressor ``(v_{k−1} + v_k)/2`` carries the increment's noise, which biases
-    ``α`` and ``β`` (kA by +1.2 SD on the recovery grid's motor, +3.3 SD with 20 s of steady
+    ``α`` and ``β`` (kA by +1.3 SD on the recovery grid's motor, +3.5 SD with 20 s of steady
     state per step), the more so the longer the record.
     """
     info = getattr(res, "info", {}) or {}
