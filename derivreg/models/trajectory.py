@@ -24,8 +24,14 @@ model for population counts such as the lynx–hare pelts).
 Covariance: ``"nonrobust"`` — ``ŝ² (JᵀJ)⁻¹`` of the weighted residuals (Gauss–Newton / inverse
 Fisher information for Gaussian measurement noise), ``"sandwich"`` —
 ``(JᵀJ)⁻¹ Jᵀ diag(r²) J (JᵀJ)⁻¹ · N/(N-K)``. Both assume independent measurement errors; process
-noise makes the residuals autocorrelated and the intervals too narrow (the fit warns when the
-Ljung–Box test rejects whiteness; use ``method="statespace"`` there).
+noise makes the residuals autocorrelated and the intervals too narrow (the fit warns with
+:class:`~derivreg.exceptions.AutocorrelationWarning` when a Ljung–Box test on ``min(10, n/5)``
+or on two lags rejects whiteness at p < 1e-3, Bonferroni-adjusted; use ``method="statespace"``
+there). Measured over the 36 cells of ``benchmarks/recovery.py`` (R = 50 per cell): flagged in
+every fit of the cells with process noise except the short coarse one (n = 60, |a|Δ = 0.5: 72%
+of fits, coverage of the unflagged 0.79-0.86), in 0-2% of fits under measurement noise only.
+On a short record an unflagged fit is therefore no proof of white errors: with process noise
+possible, use ``method="statespace"``.
 """
 
 from __future__ import annotations
@@ -57,6 +63,31 @@ __all__ = ["Trajectory", "refine"]
 #: Ljung–Box p-value below which the residuals are called autocorrelated
 WHITENESS_P = 1e-3
 _BIG = 1e3  # residual (in noise SDs) for a failed integration
+
+
+def _whiteness(R: FloatArray, p_default: float, lags_default: int) -> tuple[float, int]:
+    """Ljung–Box p-value of the output-error residuals, made more sensitive to short-lag
+    correlation: the smallest of the default test (``min(10, n/5)`` lags) and the one on two lags
+    over every observed state, Bonferroni-adjusted for the number of tests.
+
+    Process noise makes output-error residuals an autoregression-like process (lag-one
+    correlation ``≈ e^{aΔ}`` for the process part), which two lags detect with more power than
+    ten on short records: recovery-grid cell 24 (n = 60, process and measurement noise) was
+    flagged in 58% of fits by the ten-lag test and in 72% with both; under measurement noise
+    only (cells 2, 7, 20, 23, 26) both flag 0-2%.
+    """
+    from derivreg.diagnostics import ljung_box
+
+    best, lags = np.inf, lags_default
+    m = 2 * R.shape[1]  # tests made
+    for j in range(R.shape[1]):
+        for h in (None, 2):
+            _, p, used = ljung_box(R[:, j], h)
+            if np.isfinite(p) and m * p < best:
+                best, lags = m * p, used
+    if not np.isfinite(best):
+        return p_default, lags_default
+    return float(min(best, 1.0)), int(lags)
 
 
 class Trajectory(Model):
@@ -465,10 +496,11 @@ class Trajectory(Model):
         fitted = paths[:, self.observed_]
         resid = Y - fitted
         diag = self.diagnose(J[:, :k], R[:, 0], extra={"trajectory RMS (weighted)": np.sqrt(s2)})
-        if np.isfinite(diag.ljung_box_pvalue) and diag.ljung_box_pvalue < WHITENESS_P:
+        lb_p, lb_lags = _whiteness(R, diag.ljung_box_pvalue, diag.ljung_box_lags)
+        if lb_p < WHITENESS_P:
             warnings.warn(
-                f"the trajectory residuals are autocorrelated (Ljung-Box p = "
-                f"{diag.ljung_box_pvalue:.2g}): the output-error intervals assume white "
+                f"the trajectory residuals are autocorrelated (Ljung-Box p = {lb_p:.2g} over "
+                f"{lb_lags} lags, Bonferroni-adjusted): the output-error intervals assume white "
                 "measurement noise only, so they are too narrow under process noise or model "
                 "error; use method='statespace' (process + measurement noise) for a linear "
                 "relation",
