@@ -246,6 +246,28 @@ def derivreg_fit(method: str, **options: Any) -> Callable[[pd.DataFrame, Cell], 
     return run
 
 
+def bootstrap_fit(n_boot: int) -> Callable[[pd.DataFrame, Cell], Est]:
+    """``dr.fit`` (auto, which picks statespace here) with ``cov_type="bootstrap"``: parametric
+    bootstrap, bias-corrected estimates and bootstrap SEs. The bootstrap seed is derived from the
+    replication's data, so a rerun repeats the draws."""
+
+    def run(df: pd.DataFrame, cell: Cell) -> Est:
+        hold = "linear" if cell.u == "multisine" else "zoh"
+        seed = int(np.abs(df["x"].to_numpy()[:8]).sum() * 1e6) % (2**31)
+        res = dr.fit(
+            FORMULA,
+            df[["x", "u"]],
+            method="auto",
+            input_hold=hold,
+            cov_type="bootstrap",
+            n_boot=n_boot,
+            seed=seed,
+        )
+        return _from_results(res)
+
+    return run
+
+
 def exact_mle(df: pd.DataFrame, cell: Cell) -> Est:
     noise = {"A": "process", "B": "measurement", "C": "both"}[cell.regime]
     return derivreg_fit("statespace", noise=noise)(df, cell)
@@ -1177,6 +1199,101 @@ FULL_REPS = 500
 FULL_REPS_SLOW = 250
 
 
+#: cells of the bootstrap comparison: short-record process-noise bias (12, 15, 18, 19), Wald
+#: under-coverage in regime C (5, 17) and a long record where the default fit is fine (21)
+BOOT_CELLS = (12, 15, 18, 19, 5, 17, 21)
+BOOT_NAMES = ("auto", "statespace (bootstrap)")
+
+
+def bootstrap_report(done: list[tuple[CellResult, list[dict[str, Any]]]], n_boot: int) -> str:
+    """Side-by-side table of auto's default fit and its parametric bootstrap, then per cell."""
+    parts = [
+        header("Parametric bootstrap of the state-space fit (recommended path)", PACKAGES),
+        "Issue 7, item 5: the cells where the recommended path (`dr.fit` default, method "
+        "`auto` -> `statespace`) is biased by more than 0.2 SD (small-sample, Kendall-type bias "
+        "of the dynamics on short records with process noise) or under-covers, refitted with "
+        f'`cov_type="bootstrap"` (n_boot = {n_boot}: simulate the fitted model, refit each '
+        "replicate from the estimate; estimate 2θ̂ − mean(θ*), covariance of θ* times "
+        "1 + 1/B), on the same replications as the default fit (replication r of cell i is "
+        "SeedSequence((2026, i, r)), as in the grid). One process, one BLAS thread; "
+        "`nice -n 10`. Monte-Carlo SE of a 95% coverage: 0.018 at R = 150, 0.022 at R = 100; of "
+        "a bias/SD: 1/√R (0.08 at R = 150).",
+        "",
+        "## Default fit vs bootstrap",
+        "",
+    ]
+    rows = []
+    for cr, rs in done:
+        for coef in COEFS:
+            d = {r["estimator"]: r for r in rs if r["coef"] == coef}
+            a, b = d.get(BOOT_NAMES[0], {}), d.get(BOOT_NAMES[1], {})
+            rows.append(
+                {
+                    "cell": cr.index,
+                    "design": cr.cell.label.replace("|", "\\|"),
+                    "coef": coef,
+                    "R": a.get("R", math.nan),
+                    "bias/SD default": a.get("bias/SD", math.nan),
+                    "bias/SD boot": b.get("bias/SD", math.nan),
+                    "cover default": a.get("cover", math.nan),
+                    "cover boot": b.get("cover", math.nan),
+                    "SE/SD default": a.get("SE/SD", math.nan),
+                    "SE/SD boot": b.get("SE/SD", math.nan),
+                    "RMSE boot/default": b.get("RMSE", math.nan) / a["RMSE"]
+                    if a.get("RMSE")
+                    else math.nan,
+                    "fail boot": b.get("fail", math.nan),
+                    "ms default": a.get("time_ms", math.nan),
+                    "ms boot": b.get("time_ms", math.nan),
+                }
+            )
+    parts += [markdown_table(rows), "", "## Per cell", ""]
+    for cr, rs in done:
+        parts += [
+            f"### cell {cr.index}: {cr.cell.label}",
+            "",
+            f"τ = {cr.tau:.4g} (SD(x) = {cr.sd_x:.4g}); {len(cr.reps) or cr.n_reps} "
+            f"replications; {cr.seconds:.0f} s wall" + (f"; {cr.source}" if cr.source else ""),
+            "",
+            markdown_table(rs, METRIC_COLS),
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def bootstrap_main(cells: list[int], reps: int, n_boot: int) -> int:
+    """Run the bootstrap comparison on ``cells`` (in this process) and merge the cells into
+    ``recovery_bootstrap.md`` (cells of earlier runs that are not rerun are kept)."""
+    from _common import RESULTS
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    warnings.simplefilter("ignore")
+    global _EST
+    _EST = [
+        Estimator(BOOT_NAMES[0], derivreg_fit("auto")),
+        Estimator(BOOT_NAMES[1], bootstrap_fit(n_boot)),
+    ]
+    path = RESULTS / "recovery_bootstrap.md"
+    old = (
+        {cr.index: (cr, rows) for cr, rows in _parse_cells(path.read_text())}
+        if (path.exists())
+        else {}
+    )
+    for index in cells:
+        cell = DESIGN[index]
+        t0 = time.perf_counter()
+        tau, sd = cell_tau(cell, index)
+        cr = CellResult(cell, index, tau, sd)
+        cr.reps = [_one_rep((index, cell, tau, r, True)) for r in range(reps)]
+        cr.seconds = time.perf_counter() - t0
+        old[index] = (cr, cell_metrics(cr, list(BOOT_NAMES)))
+        done = [old[i] for i in sorted(old)]
+        write_results("recovery_bootstrap", bootstrap_report(done, n_boot))
+        print(f"cell {index} done in {cr.seconds:.0f} s (R={reps}): {cell.label}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = ap.add_mutually_exclusive_group()
@@ -1187,6 +1304,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topup", default="", help="suffix of a top-up run's results file")
     ap.add_argument("--extras-only", action="store_true", help="motor and anchors only")
     ap.add_argument("--skip-extras", action="store_true", help="grid only (no motor/anchors)")
+    ap.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="auto's default fit vs cov_type='bootstrap' on --cells (recovery_bootstrap.md)",
+    )
+    ap.add_argument("--reps", type=int, default=150, help="replications per cell (--bootstrap)")
+    ap.add_argument("--n-boot", type=int, default=49, help="bootstrap replications (--bootstrap)")
     ap.add_argument(
         "--budget",
         type=float,
@@ -1220,6 +1344,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.reflag is not None:
         print(reflag(args.reflag))
         return 0
+    if args.bootstrap:
+        cells = [int(c) for c in (args.cells or ",".join(map(str, BOOT_CELLS))).split(",")]
+        return bootstrap_main(cells, args.reps, args.n_boot)
     mode = "full" if args.full else "quick"
     plan = make_plan(mode)
     if args.budget is None:

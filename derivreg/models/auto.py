@@ -30,6 +30,14 @@ So the rule is:
    (integrating through velocity reversals and stiction is fragile) and use ``statespace``
    (one equation) or ``integral`` (system).
 
+Covariance: the chosen form's default. ``cov_type="bootstrap"`` (with ``n_boot=``, ``seed=``)
+is passed through to the state-space fit when the relation is one equation linear in the state
+(rule 1): a parametric bootstrap that removes the small-sample bias of short records with
+process noise (see :mod:`derivreg.models.statespace`); for other relations it raises
+:class:`~derivreg.exceptions.MethodNotAvailableError`. The default stays the fast fit, which
+warns (:class:`~derivreg.exceptions.BiasWarning`) when its small-sample diagnostic predicts a
+bias above 0.2 SE or under-covering intervals, and says to refit with the bootstrap.
+
 ``results.info["chosen"]`` and ``info["reason"]`` say what was used and why (both are shown in
 the summary, and ``results.method`` reads ``"auto -> <form>"``); the results are otherwise those
 of the chosen form.
@@ -91,19 +99,26 @@ class AutoModel(Model):
 
     Model: whichever form is chosen; ``results.info["chosen"]`` names it, ``info["reason"]``
     gives the diagnosis. Covariance: the chosen form's default (``cov_type="auto"``), whose
-    coverage is documented with that form.
+    coverage is documented with that form, or ``"bootstrap"`` (state-space choice only: the
+    parametric bootstrap of :class:`~derivreg.models.statespace.StateSpace`).
 
     Options
     -------
     whiteness_p : float
         Ljung–Box p-value at or above which output-error residuals count as white (0.01).
+    n_boot, seed
+        Bootstrap replications and seed, for ``cov_type="bootstrap"`` only.
     """
 
     method: ClassVar[str] = "auto"
     noise_model: ClassVar[str] = "chosen from the data"
-    cov_types: ClassVar[tuple[str, ...]] = ("auto",)
+    cov_types: ClassVar[tuple[str, ...]] = ("auto", "bootstrap")
     default_cov_type: ClassVar[str] = "auto"
-    option_defaults: ClassVar[dict[str, Any]] = {"whiteness_p": WHITE_P}
+    option_defaults: ClassVar[dict[str, Any]] = {
+        "whiteness_p": WHITE_P,
+        "n_boot": None,
+        "seed": None,
+    }
     supports_systems: ClassVar[bool] = True
     supports_nonlinear: ClassVar[bool] = True
     handles_missing: ClassVar[bool] = True
@@ -137,14 +152,34 @@ class AutoModel(Model):
             for fn in _NONSMOOTH
         )
 
+    def _statespace(self, cov_type: str, boot: dict[str, Any]) -> DiffRegResults:
+        """The state-space fit, with the bootstrap when it was asked for."""
+        if cov_type == "bootstrap":
+            return self._form("statespace").fit(cov_type="bootstrap", **boot)
+        return self._form("statespace").fit()
+
     def _fit(self, cov_type: str, **kwargs: Any) -> DiffRegResults:
-        if kwargs:
-            raise DataError(f"unknown fit option(s) {sorted(kwargs)} for AutoModel")
+        unknown = sorted(set(kwargs) - {"n_boot", "seed"})
+        if unknown:
+            raise DataError(f"unknown fit option(s) {unknown} for AutoModel")
+        boot = {k: self.options[k] for k in ("n_boot", "seed") if self.options[k] is not None}
+        boot.update({k: v for k, v in kwargs.items() if v is not None})
+        if boot and cov_type != "bootstrap":
+            raise DataError(
+                f"{', '.join(sorted(boot))} only apply to cov_type='bootstrap' (got "
+                f"cov_type={cov_type!r})"
+            )
         p_white = float(self.options["whiteness_p"])
         missing = bool(np.isnan(self.data.values).any())
         single_ok = self._statespace_ok()
+        if cov_type == "bootstrap" and not (single_ok and self.spec.linear):
+            raise MethodNotAvailableError(
+                "cov_type='bootstrap' is available when auto chooses the state-space fit (one "
+                "equation linear in the state); for this relation fit a form directly with its "
+                "own cov_type"
+            )
         if single_ok and self.spec.linear:
-            res = self._form("statespace").fit()
+            res = self._statespace(cov_type, boot)
             return self._label(
                 res, "statespace", self._statespace_reason(res, "one equation linear in the state")
             )
