@@ -316,6 +316,27 @@ class IRWProblem:
                     val = np.bincount(j, weights=wza * zc[b], minlength=nk - 1)
                     zw[u - (b - a), base + b] += val
 
+    def project(self, v: FloatArray) -> FloatArray:
+        """``Z'W v``: the right-hand side of the smoothing system for data ``v`` (O(n)).
+
+        With it ``H^{-1} Z'W v`` smooths any series with the fitted factor, e.g. the fitted
+        values themselves (the twice-smoothing bias estimate of :mod:`spline`).
+        """
+        m = self.m
+        wv = np.where(self.w > 0, self.w * v, 0.0)
+        out = np.zeros(self.n_knots * m)
+        if self.all_knots:
+            out[::m] = wv
+            return out
+        g = self._weights_at_data(0)
+        j = self.interval
+        for c in range(m):
+            out[c::m] += np.bincount(j, weights=g[c] * wv, minlength=self.n_knots)
+            out[m + c :: m] += np.bincount(j, weights=g[m + c] * wv, minlength=self.n_knots)[
+                : self.n_knots - 1
+            ]
+        return out
+
     def _weights_at_data(self, d: int) -> list[FloatArray]:
         """Hermite weight columns of the ``d``-th derivative at every data point."""
         if d == 0 and self.z is not None:
@@ -631,6 +652,8 @@ class SmoothingSearch:
         self._problems: dict[int, IRWProblem] = {}
         self.n_eval = 0
         self.pilot_r = pilot_noise_variance(y, w, m)
+        #: walk as for a long series (coarse grid, early stop); default: above 1e5 points
+        self.walk_long: bool | None = None
 
     def _norm_step(self, step: float) -> float:
         if self.uniform:
@@ -733,7 +756,7 @@ class SmoothingSearch:
             return memo[key]
 
         lo, hi = bounds if bounds is not None else (-0.5, math.log10(self.n) + 1.0)
-        long = self.n > 100_000
+        long = self.n > 100_000 if self.walk_long is None else self.walk_long
         spacing = 0.5 if long else 0.25
         grid = np.arange(hi, lo - 1e-9, -spacing)
         best_x, best_v = float(grid[0]), math.inf
@@ -844,3 +867,75 @@ def _refine(
             if abs(x - b) <= 1.0001 * h:
                 tested.add(1 if x > b else -1)
     return b, fb
+
+
+# ---------------------------------------------------------------------- long series: blocks
+#: series longer than this choose ``lam`` on blocks (:func:`block_lambda`)
+BLOCK_FROM = 100_000
+#: number and length of the blocks
+_N_BLOCKS, _BLOCK_LEN = 4, 10_000
+
+
+class _CompositeSearch(SmoothingSearch):
+    """Smoothing search whose criterion is the sum over contiguous blocks of the series.
+
+    The sum of the blocks' REML criteria is a composite likelihood (blocks treated as
+    independent); for GCV the blocks' scores are summed. Either is minimised at the same
+    smoothing scale (in samples) as the whole series when the series is statistically alike
+    along its length, at the cost of ~1/2 of a full-size fit in total.
+    """
+
+    def __init__(self, parts: list[SmoothingSearch], m: int) -> None:
+        self.parts, self.m = parts, m
+        self.tau = np.concatenate([p.tau for p in parts])
+        self.y = np.concatenate([p.y for p in parts])
+        self.w = np.concatenate([p.w for p in parts])
+        self.n = len(self.tau)
+        self.uniform = all(p.uniform for p in parts)
+        self.min_gap = min(p.min_gap for p in parts)
+        self._problems = {}
+        self.n_eval = 0
+        self.walk_long = True
+        n_obs = [max(float(np.count_nonzero(p.w)), 1.0) for p in parts]
+        self.pilot_r = float(np.average([p.pilot_r for p in parts], weights=n_obs))
+
+    def evaluate(
+        self,
+        log10_b: float,
+        criterion: str,
+        r: float | None = None,
+        q: float | None = None,
+        step: float | None = None,
+        scratch: bool = False,
+    ) -> tuple[float, IRWProblem, IRWFit, float]:
+        self.n_eval += 1
+        total, r_sum, out = 0.0, 0.0, None
+        for p in self.parts:
+            v, prob, fit, r_used = p.evaluate(log10_b, criterion, r, q, step)
+            if fit is None or not math.isfinite(v):
+                return math.inf, prob, None, math.nan  # type: ignore[return-value]
+            total += v
+            r_sum += r_used
+            out = (prob, fit)
+        assert out is not None
+        return total, out[0], out[1], r_sum / len(self.parts)
+
+
+def block_lambda(
+    tau: FloatArray, y: FloatArray, w: FloatArray, m: int, criterion: str
+) -> tuple[float, int, list[SmoothingSearch]]:
+    """``lam`` (in ``tau`` units) chosen on ``_N_BLOCKS`` evenly spaced blocks of a long series.
+
+    Returns ``lam``, the number of block evaluations and the blocks' searches (their problems
+    are reused by callers that score a penalty order on the blocks). Measured on the benchmark
+    sines at 1e6 points: the derivative RMSE as with the full-series search, in ~1/4 of the time.
+    """
+    n = len(tau)
+    starts = np.linspace(0, n - _BLOCK_LEN, _N_BLOCKS).astype(int)
+    parts = []
+    for s in starts:
+        sl = slice(int(s), int(s) + _BLOCK_LEN)
+        parts.append(SmoothingSearch(tau[sl], y[sl], w[sl], m))
+    comp = _CompositeSearch(parts, m)
+    sel = comp.search(criterion, bounds=(-0.5, math.log10(_BLOCK_LEN) + 1.0))
+    return sel.lam, comp.n_eval * _N_BLOCKS, parts

@@ -54,6 +54,8 @@ class Preprocessor(abc.ABC):
     provides_se: ClassVar[bool] = False
     #: highest derivative order supported
     max_order: ClassVar[int] = 3
+    #: ``_derivative_1d`` takes ``want_se=False`` to skip the SEs (they cost extra work)
+    _se_optional: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -177,16 +179,26 @@ class Preprocessor(abc.ABC):
             )
         return order
 
-    def derivative_arrays(self, order: int = 1) -> tuple[FloatArray, FloatArray | None]:
-        """Estimate and SE as arrays ``(n_kept, n_columns)`` on the kept rows (internal use)."""
+    def derivative_arrays(
+        self, order: int = 1, want_se: bool = True
+    ) -> tuple[FloatArray, FloatArray | None]:
+        """Estimate and SE as arrays ``(n_kept, n_columns)`` on the kept rows (internal use).
+
+        ``want_se=False`` lets methods whose SEs cost extra work (``_se_optional``) skip them;
+        the SE is then ``None``.
+        """
         self._check_fitted()
         order = self._check_order(order)
         sd = self.data_
+        lazy = not want_se and self._se_optional
         est = np.full(sd.values.shape, np.nan)
-        se = np.full(sd.values.shape, np.nan) if self.provides_se else None
+        se = np.full(sd.values.shape, np.nan) if self.provides_se and not lazy else None
         for (j, i), state in self.states_.items():
             pos = sd.segments[i]
-            e, s = self._derivative_1d(state, sd.t[pos], order)
+            if lazy:
+                e, s = self._derivative_1d(state, sd.t[pos], order, want_se=False)  # type: ignore[call-arg]
+            else:
+                e, s = self._derivative_1d(state, sd.t[pos], order)
             est[pos, j] = e
             if se is not None and s is not None:
                 se[pos, j] = s
@@ -216,7 +228,10 @@ class Preprocessor(abc.ABC):
                 f"{type(self).__name__} has no pointwise standard errors; use 'spline', "
                 "'kalman' or 'gp' for return_se=True"
             )
-        est, se = self.derivative_arrays(order)
+        if self._se_optional:  # skip SEs nobody asked for (some subclasses override the arrays)
+            est, se = self.derivative_arrays(order, want_se=return_se)
+        else:
+            est, se = self.derivative_arrays(order)
         sd = self.data_
         est_c = sd.to_caller(est)
         se_c = sd.to_caller(se) if se is not None else None

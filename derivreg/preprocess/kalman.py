@@ -31,6 +31,7 @@ from derivreg._typing import FloatArray
 from derivreg.exceptions import DataError, MethodNotAvailableError
 from derivreg.preprocess.base import Preprocessor
 from derivreg.preprocess.spline import (
+    BANDS,
     IRWState,
     fit_irw,
     irw_derivative,
@@ -66,17 +67,31 @@ class KalmanSmoother(Preprocessor):
         default: maximum likelihood.
     r : float, optional
         Measurement-noise variance; default: maximum likelihood.
+    band : {"posterior", "calibrated"}
+        Pointwise SEs: ``"posterior"`` (default) the smoothed state SDs of the model (nominal
+        coverage when the signal follows the integrated random walk; conservative for
+        derivatives of signals smoother than that); ``"calibrated"`` as in
+        :class:`~derivreg.preprocess.spline.SmoothingSpline` (frequentist variance plus an
+        estimated squared bias). ``derivative_cov`` is the posterior covariance in both cases.
     """
 
     name: ClassVar[str] = "kalman"
     provides_se: ClassVar[bool] = True
     handles_missing: ClassVar[bool] = True
     max_order: ClassVar[int] = 3
+    _se_optional: ClassVar[bool] = True
 
-    def __init__(self, order: int = 3, q: float | None = None, r: float | None = None) -> None:
+    def __init__(
+        self,
+        order: int = 3,
+        q: float | None = None,
+        r: float | None = None,
+        band: str = "posterior",
+    ) -> None:
         self.order = order
         self.q = q
         self.r = r
+        self.band = band
 
     def _check_params(self) -> None:
         m = self.order
@@ -84,6 +99,8 @@ class KalmanSmoother(Preprocessor):
             raise DataError(f"order (of the integrated random walk) must be 2, 3 or 4, got {m!r}")
         _check_positive("q", self.q)
         _check_positive("r", self.r)
+        if self.band not in BANDS:
+            raise DataError(f"band must be one of {BANDS}, got {self.band!r}")
 
     def min_points(self) -> int:
         self._check_params()
@@ -124,7 +141,7 @@ class KalmanSmoother(Preprocessor):
             self.info_.update(next(iter(per.values())))
 
     def _fit_1d(self, t: FloatArray, y: FloatArray) -> IRWState:
-        return fit_irw(t, y, int(self.order), criterion="reml", r=self.r, q=self.q)
+        return fit_irw(t, y, int(self.order), criterion="reml", r=self.r, q=self.q, band=self.band)
 
     def _check_state_order(self, order: int) -> None:
         if order > int(self.order) - 1:
@@ -134,10 +151,10 @@ class KalmanSmoother(Preprocessor):
             )
 
     def _derivative_1d(
-        self, state: IRWState, t: FloatArray, order: int
+        self, state: IRWState, t: FloatArray, order: int, want_se: bool = True
     ) -> tuple[FloatArray, FloatArray | None]:
         self._check_state_order(order)
-        return irw_derivative(state, order, int(self.order))
+        return irw_derivative(state, order, int(self.order), want_se=want_se)
 
     def _derivative_cov_1d(self, state: IRWState, t: FloatArray, order: int) -> FloatArray:
         self._check_state_order(order)
