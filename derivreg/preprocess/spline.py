@@ -270,21 +270,22 @@ def fit_irw_select(
     """
     n_obs = int(np.isfinite(y).sum())
     orders = tuple(m for m in orders if n_obs >= m + 2) or (min(orders),)
-    states, scores = {}, {}
+    states, scores, n_evals = {}, {}, {}
     for m in orders:  # each order with its own detrending (degree m - 1)
         if len(t) <= BLOCK_FROM:
             states[m] = fit_irw(t, y, m, criterion=criterion, lam_factor=lam_factor, band=band)
             scores[m] = gcv_score(states[m], m) * states[m].scale ** 2
         else:
             st = states[m] = _state_for(t, y, m, criterion, lam_factor, band)
-            lam, _, parts = block_lambda(st.tau, st.z, st.w, m, criterion)
+            lam, n_block, parts = block_lambda(st.tau, st.z, st.w, m, criterion)
             st.lam_base[m] = lam
+            n_evals[m] = n_block + len(parts)
             log10_b = math.log10(lam * lam_factor) / (2 * m)
             # GCV of the standardised blocks; scale back to compare orders (own detrending)
             scores[m] = st.scale**2 * sum(p.evaluate(log10_b, "gcv")[0] for p in parts)
     best = min(scores, key=lambda k: scores[k])
     state = states[best]
-    selection_for(state, best)
+    selection_for(state, best).n_eval += n_evals.get(best, 0)
     state.m_chosen = best
     state.order_scores = scores
     return state
@@ -425,8 +426,14 @@ class SmoothingSpline(Preprocessor):
         Pointwise SEs: ``"calibrated"`` (default) the frequentist variance plus an estimate of
         the squared bias, aimed at nominal coverage of the pointwise band for signals smoother
         than the prior; ``"posterior"`` the Bayesian posterior SD (Wahba), which over-covers
-        derivatives of smooth signals (see :func:`irw_derivative`). ``derivative_cov`` is the
-        posterior covariance in both cases.
+        derivatives of smooth signals (see :func:`irw_derivative`). Measured slope coverage
+        (401 points, 20-60 draws): calibrated 0.95-0.97 on sums of sines, a chirp, smooth GP
+        draws, a logistic curve, 0.94 on an exponential decay, 0.75 on a triangle wave (0.92
+        away from its corners); posterior 0.99-1.00, 0.96 and 0.80. On signals as rough as
+        the prior itself (draws of the integrated random walk) the posterior band is the
+        right one (0.93-0.94) and the calibrated band covers only 0.73 (cubic) / 0.85
+        (quintic): the bias estimate misses bias at high frequencies. ``derivative_cov`` is
+        the posterior covariance in both cases.
     """
 
     name: ClassVar[str] = "spline"
