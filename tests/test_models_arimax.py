@@ -327,3 +327,19 @@ def test_mc_pure_measurement_noise_slow(noise: str) -> None:
     mc = np.sqrt(0.95 * 0.05 / R)
     assert np.all(cov >= 0.93 - 2 * mc) and np.all(cov <= 0.97 + 2 * mc), (cov, b)
     assert np.all(np.abs(b) < 0.2 + 2 / np.sqrt(R)), b
+
+
+def test_small_sample_bias_warned_under_process_noise_only() -> None:
+    # |a|T = 30 with process noise: the AR estimate of a is biased by about -4.5 s/T (0.5 SE),
+    # the same Kendall-type predictor as method="statespace"; without process noise, no bias
+    df = first_order(-1.0, 1.0, 0.5, n=300, dt=0.1, u="switching", sigma=0.5, seed=12)
+    with pytest.warns(BiasWarning, match="Kendall"):
+        res = ARIMAX("d(x) ~ x + u", df[["x", "u"]], input_hold="zoh").fit()
+    pred = res.info["small-sample bias"]
+    assert pred["biased"] and pred["predicted bias/SE"]["x"] < -0.2
+    assert 0.0 < pred["process-noise share s"] <= 1.0
+    df = first_order(-1.0, 1.0, 0.5, n=300, dt=0.1, u="switching", tau=0.05, seed=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BiasWarning)
+        res = ARIMAX("d(x) ~ x + u", df[["x", "u"]], input_hold="zoh").fit()
+    assert abs(res.info["small-sample bias"]["predicted bias/SE"]["x"]) < 0.05
