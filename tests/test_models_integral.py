@@ -701,7 +701,7 @@ def test_state_integral_exact_under_the_hold_on_coarse_grids(irregular, u, hold)
     df = first_order(-0.2, 1.0, 0.5, n=200, dt=2.5, t=t, u=u, input_hold=hold, substeps=1, seed=3)
     fit = dict(method="integral", input_hold=hold, cov_type="nonrobust")
     res = dr.fit(FIRST, df[["x", "u"]], **fit)
-    assert res.info["quadrature of the state (x)"].startswith("exact")
+    assert res.info["quadrature (x)"].startswith("exact")
     np.testing.assert_allclose(res.params[["x", "u", "Intercept"]], [-0.2, 1.0, 0.5], rtol=1e-7)
     # the rules of the samples alone are off by far more than the SEs of the grid's cells
     for rule in ("simpson", "trapezoid"):
@@ -727,14 +727,14 @@ def test_exact_state_integral_matches_the_closed_form():
 def test_rule_option_resolution_and_errors():
     df = _first(1)
     auto = dr.fit(FIRST, df, method="integral", input_hold="zoh")
-    assert auto.info["quadrature of the state (x)"].startswith("exact")
+    assert auto.info["quadrature (x)"].startswith("exact")
     simp = dr.fit(FIRST, df, method="integral", input_hold="zoh", rule="simpson")
-    assert simp.info["quadrature of the state (x)"] == "simpson"
+    assert simp.info["quadrature (x)"] == "simpson"
     lv = lotka_volterra(n=120, t_end=20.0, tau=0.01, seed=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = dr.fit(["d(x) ~ x + x:y - 1", "d(y) ~ y + x:y - 1"], lv, method="integral")
-    assert res.info["quadrature of the state (x)"] == "simpson"
+    assert res.info["quadrature (x)"] == "simpson"
     with pytest.raises(MethodNotAvailableError, match="rule='exact'"):
         dr.fit(["d(x) ~ x + x:y - 1", "d(y) ~ y + x:y - 1"], lv, method="integral", rule="exact")
     with pytest.raises(DataError, match="rule"):
@@ -783,3 +783,16 @@ def test_mc_coarse_and_irregular_grids_cover_slow(cell):
     est, se = _grid_cell_mc(500, cell, 41000)
     a = -0.2 if cell == "coarse" else -1.0
     _check_mc(est, se, np.array([a, 1.0, 0.5]))
+
+
+def test_exact_state_integral_rows_matches_one_series_at_a_time():
+    rng = np.random.default_rng(5)
+    t = np.cumsum(rng.exponential(0.7, (4, 25)), axis=1)
+    y = rng.normal(size=(4, 25))
+    g = rng.normal(size=(4, 25))
+    a = np.array([-2.0, -0.3, 0.0, 0.4])
+    rows, corr = integral_mod.exact_state_integral_rows(t, y, a, g)
+    for i in range(4):
+        one, c1 = integral_mod.exact_state_integral(t[i], y[i], float(a[i]), g[i])
+        np.testing.assert_allclose(rows[i], one, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(corr[i], c1, rtol=1e-13, atol=1e-13)

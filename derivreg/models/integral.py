@@ -100,7 +100,7 @@ from derivreg.formula import Equation, Term
 from derivreg.models.base import Model, resolve_preprocessor
 from derivreg.results import DiffRegResults
 
-__all__ = ["IntegralOLS"]
+__all__ = ["IntegralOLS", "exact_state_integral", "exact_state_integral_rows"]
 
 
 def _integrate(t: FloatArray, y: FloatArray, order: int, rule: str) -> FloatArray:
@@ -179,6 +179,44 @@ def exact_state_integral(
     step = _col(a * G / h, gg[1:]) * np.diff(gg, axis=0)
     corr = np.zeros_like(gg)
     corr[1:] = np.cumsum(step, axis=0)
+    return out, corr
+
+
+def exact_state_integral_rows(
+    t: FloatArray, y: FloatArray, a: FloatArray, g: FloatArray | None = None
+) -> tuple[FloatArray, FloatArray | None]:
+    """:func:`exact_state_integral` for many series at once (rows), each with its own ``a``.
+
+    Parameters
+    ----------
+    t, y : array (G, n)
+        Sample times and state samples, one series per row.
+    a : array (G,)
+        The coefficient of the state of each series.
+    g : array (G, n), optional
+        One regressor per series, interpolated linearly between samples.
+
+    Returns
+    -------
+    (ndarray (G, n), ndarray (G, n) or None)
+        Cumulative integrals (0 in the first column) and the cumulative corrections of ``g``.
+    """
+    t = np.asarray(t, dtype=float)
+    y = np.asarray(y, dtype=float)
+    a = np.asarray(a, dtype=float)[:, None]
+    h = np.diff(t, axis=1)
+    m0, m1, m2 = _exp_moments(a * h)
+    i0, i1 = h * m0, h**2 * m1
+    w1 = i1 / i0
+    w0 = i0 - np.exp(a * h) * w1
+    out = np.zeros_like(y)
+    out[:, 1:] = np.cumsum(w0 * y[:, :-1] + w1 * y[:, 1:], axis=1)
+    if g is None:
+        return out, None
+    gg = np.asarray(g, dtype=float)
+    G = h**3 * m2 - i1**2 / i0
+    corr = np.zeros_like(gg)
+    corr[:, 1:] = np.cumsum(a * G / h * np.diff(gg, axis=1), axis=1)
     return out, corr
 
 
@@ -674,10 +712,8 @@ class IntegralOLS(Model):
             for w in caught:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         for e, eq in enumerate(eqs):
-            details[f"quadrature of the state ({eq.response})"] = (
-                f"exact for a = {a_used[e]:.6g} under the input hold"
-                if exact[e]
-                else self._rule(eq)
+            details[f"quadrature ({eq.response})"] = (
+                f"exact, a={a_used[e]:.4g}" if exact[e] else self._rule(eq)
             )
         return self._assemble(
             cov_type, blocks, values, rows, X_eq, y_eq, names_eq, betas, cov, details
