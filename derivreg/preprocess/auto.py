@@ -6,7 +6,9 @@ three more: a chirp, an exponential decay and random smooth Gaussian-process dra
 
 * any missing value (NaN) in a used column -> :class:`~derivreg.preprocess.kalman.KalmanSmoother`
   (integrated random walk of order 3, ``q`` and ``r`` by maximum likelihood): it estimates
-  through the gaps;
+  through the gaps. Its bands are the posterior ones: inside a gap the estimate is an
+  interpolation whose error is almost all bias, which the calibrated band's bias estimate does
+  not see;
 * otherwise -> a smoothing spline whose penalty order is chosen per series between cubic
   (``m = 2``) and quintic (``m = 3``) by the GCV score (an estimate of the prediction error,
   comparable across orders). The quintic suits smooth signals, the cubic signals with kinks
