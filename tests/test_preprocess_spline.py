@@ -420,3 +420,20 @@ def test_block_lambda_agrees_with_the_full_search() -> None:
     full = SmoothingSearch(tau, z, np.ones(n), 3).search("reml")
     lam, _, _ = block_lambda(tau, z, np.ones(n), 3, "reml")
     assert abs(np.log10(lam / full.lam)) < 0.3, (lam, full.lam)
+
+
+def test_standard_errors_only_when_asked_for(rng: np.random.Generator) -> None:
+    # the selected inverse and the bias solve are most of the work at 1e6 points: skipped
+    # unless return_se=True; the estimate is the same either way
+    t = np.arange(500) * 0.01
+    y = np.sin(3 * t) + 0.1 * rng.standard_normal(500)
+    for est in (SmoothingSpline(), pp.KalmanSmoother(), pp.AutoDerivative()):
+        est.fit(y, time=t)
+        d = est.derivative(1)
+        state = next(iter(est.states_.values()))
+        assert not state.bias, type(est).__name__
+        if not isinstance(est, pp.AutoDerivative):  # auto's order choice needs the variances
+            assert not state.blocks, type(est).__name__
+        d_se, se = est.derivative(1, return_se=True)
+        np.testing.assert_array_equal(d, d_se)
+        assert state.blocks and np.all(se > 0)
