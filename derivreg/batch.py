@@ -481,8 +481,20 @@ def _run_chunk_vector(spec: _Spec, payload: _Payload) -> ChunkResult:
         idx = idx[good]
         if not len(idx):
             continue
-        X, y = _vector_design(v, T[good], {c: a[good] for c, a in C.items()})
+        Cg = {c: a[good] for c, a in C.items()}
+        X, y = _vector_design(v, T[good], Cg)
         beta, se, ok = _vector_solve(X, y, k, checked)
+        if v.form == "integral" and v.rule == "exact":
+            # the exact state integral depends on a: fixed point, as IntegralOLS does
+            js = next(j for j, (kind, _) in enumerate(v.terms) if kind == "state")
+            for _ in range(30):
+                a_g = np.where(ok, beta[:, js], 0.0)
+                X, y = _vector_design(v, T[good], Cg, a_g)
+                beta_new, se, ok = _vector_solve(X, y, k, checked)
+                moved = np.abs(beta_new[:, js] - a_g) > 1e-10 * (1 + np.abs(beta_new[:, js]))
+                beta = beta_new
+                if not np.any(moved & ok):
+                    break
         generic.extend(idx[~ok].tolist())
         out.add_block(payload.start + idx[ok], v.names, beta[ok], se[ok], y.shape[-1], v.form)
     for i in sorted(generic):
@@ -562,7 +574,9 @@ def _vector_plan(
     rule = "trapezoid"
     if method == "integral":
         rule = eff.get("rule")
-        if rule not in ("trapezoid", "simpson"):
+        if rule == "auto":
+            rule = "exact"  # every vectorised layout (d(x) ~ x + inputs) takes the exact integral
+        if rule not in ("trapezoid", "simpson", "exact"):
             return None, f"rule={rule!r}"
         if eff.get("window") is not None:
             return None, "window= is given"
@@ -632,8 +646,17 @@ def _state_integral(t: np.ndarray, h: np.ndarray, g: np.ndarray, rule: str) -> n
     return cumulative_simpson(g, x=t, axis=1, initial=0.0)
 
 
-def _vector_design(v: _Vector, t: np.ndarray, cols: dict[str, np.ndarray]):
-    """Stacked designs, one row per regressor: X (G, K, m), y (G, m); θ's are the first rows."""
+def _vector_design(
+    v: _Vector, t: np.ndarray, cols: dict[str, np.ndarray], a: np.ndarray | None = None
+):
+    """Stacked designs, one row per regressor: X (G, K, m), y (G, m); θ's are the first rows.
+
+    ``rule="exact"``: the state integral exact under the input hold at the coefficient ``a`` of
+    each group (trapezoid while ``a`` is None, the start of the fixed-point iteration), as in
+    :func:`derivreg.models.integral.exact_state_integral_rows`.
+    """
+    from derivreg.models.integral import exact_state_integral_rows
+
     y = cols[v.response]
     G, n = t.shape
     if v.form == "integral":
@@ -644,8 +667,13 @@ def _vector_design(v: _Vector, t: np.ndarray, cols: dict[str, np.ndarray]):
                 np.subtract(t, t[:, :1], out=X[:, j])
                 continue
             g = cols[var]  # type: ignore[index]
+            exact = v.rule == "exact" and a is not None
             if kind == "state":
-                X[:, j] = _state_integral(t, h, g, v.rule)
+                if exact:
+                    X[:, j] = exact_state_integral_rows(t, g, a)[0]  # type: ignore[arg-type]
+                else:
+                    rule = "trapezoid" if v.rule == "exact" else v.rule
+                    X[:, j] = _state_integral(t, h, g, rule)
                 continue
             if v.hold == "linear":
                 step = g[:, :-1] * h + (g[:, 1:] - g[:, :-1]) * h / 2.0
@@ -653,6 +681,8 @@ def _vector_design(v: _Vector, t: np.ndarray, cols: dict[str, np.ndarray]):
                 step = g[:, :-1] * h
             X[:, j, 0] = 0.0
             np.cumsum(step, axis=1, out=X[:, j, 1:])
+            if exact and v.hold == "linear":
+                X[:, j] += exact_state_integral_rows(t, g, a, g)[1]  # type: ignore[arg-type,operator]
         X[:, -1] = 1.0  # initial condition
         return X, y
     h0 = t[:, 1:-1] - t[:, :-2]
