@@ -773,9 +773,12 @@ class StateSpace(Model):
     for n_boot = 199. Measured on the recovery grid's flagged cells (n_boot = 49, R = 80-150,
     ``benchmarks/results/recovery_bootstrap.md``): bias of ``x`` −0.38 → +0.05 SD (|a|T = 30,
     multisine, process noise), −0.59 → −0.02 SD (|a|T = 10), −0.26 → −0.05 SD (regime C),
-    −0.69 → +0.10 SD (|a|T = 10, regime C), RMSE 3-22% lower, coverage 0.93-0.97 except the
-    |a|T = 10 regime-C cell, where the bootstrap SEs are conservative (SE/SD 1.2-1.5, coverage
-    0.975-1.0); on a long record (|a|T = 100) it changes little (RMSE ratio 1.01-1.03).
+    −0.69 → +0.10 SD (|a|T = 10, regime C), −0.43 → +0.17 SD (|a|T = 30, step input),
+    −0.49 → +0.11 SD (step, regime C: coverage 0.90-0.91 → 0.96-0.97), RMSE 3-22% lower.
+    Coverage 0.93-0.97 in four of those six cells; the bootstrap SEs are conservative
+    where the bias is largest (SE/SD 1.1-1.5, coverage 0.96-1.0 at |a|T = 10 regime C and the
+    step input: they are evaluated at the biased estimate). On a long record (|a|T = 100) it
+    changes little (RMSE ratio 1.01-1.03).
     """
 
     method: ClassVar[str] = "statespace"
