@@ -768,35 +768,13 @@ def _noise_split(fit: ARXFit, dt: float) -> tuple[float, float]:
 def _warn_small_sample(pred: Any) -> None:
     """BiasWarning when the Kendall-type diagnostic of :mod:`derivreg.models._smallsample` flags
     the fit (the same predictor and thresholds as ``method="statespace"``)."""
-    from derivreg.models._smallsample import KENDALL_C, SHORT_SPAN
-
     if not pred.flag:
         return
-    parts = []
-    if pred.biased:
-        name, worst = pred.worst()
-        parts.append(
-            f"the record spans only |a|T = {pred.time_constants:.3g} time constants with process "
-            f"noise, and the estimate has a small-sample (Kendall-type) bias of about "
-            f"{worst:+.2f} SE in {name!r} (predicted bias/SE: {pred.text()}; the bias of a is "
-            f"about -{KENDALL_C:g} s/T with s = {pred.noise_share:.2f} the share of the "
-            "variation of x driven by the noise), so the Wald intervals are off-centre"
-        )
-    if pred.undercover:
-        parts.append(
-            f"with both process and measurement noise (process share {pred.process_share:.0%} "
-            f"of the one-step variance) on a record of |a|T = {pred.time_constants:.3g} < "
-            f"{SHORT_SPAN:g} time constants the likelihood-based SEs run about 8% small"
-        )
-    msg = "; ".join(parts)
-    warnings.warn(
-        msg[0].upper()
-        + msg[1:]
-        + ". Refit with method='statespace', cov_type='bootstrap' (bias-corrected estimates and "
-        "bootstrap standard errors) or use a longer record",
-        BiasWarning,
-        stacklevel=4,
+    remedy = (
+        "Refit with method='statespace', cov_type='bootstrap' (bias-corrected estimates and "
+        "bootstrap standard errors) or use a longer record"
     )
+    warnings.warn(pred.warning_text(remedy), BiasWarning, stacklevel=4)
 
 
 class ARIMAX(Model):

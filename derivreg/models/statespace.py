@@ -61,9 +61,7 @@ from derivreg.exceptions import (
 )
 from derivreg.formula import derivative_label
 from derivreg.models._smallsample import (
-    KENDALL_C,
     MIN_BOOT,
-    SHORT_SPAN,
     BiasPrediction,
     check_bootstrap_options,
     parametric_bootstrap,
@@ -1016,34 +1014,12 @@ class StateSpace(Model):
         """BiasWarning when the small-sample diagnostic flags the fit (see _smallsample)."""
         if not pred.flag:
             return
-        parts = []
-        if pred.biased:
-            name, worst = pred.worst()
-            parts.append(
-                f"the record spans only |a|T = {pred.time_constants:.3g} time constants with "
-                f"process noise, and the ML estimate has a small-sample (Kendall-type) bias of "
-                f"about {worst:+.2f} SE in {name!r} (predicted bias/SE: {pred.text()}; the bias "
-                f"of a is about -{KENDALL_C:g} s/T with s = {pred.noise_share:.2f} the share of "
-                "the variation of x driven by the noise), so the Wald intervals are off-centre"
-            )
-        if pred.undercover:
-            parts.append(
-                f"with both process and measurement noise (process share "
-                f"{pred.process_share:.0%} of the one-step variance) on a record of |a|T = "
-                f"{pred.time_constants:.3g} < {SHORT_SPAN:g} time constants, the "
-                "observed-information SEs were measured about 8% too small (Wald coverage "
-                "0.88-0.93 instead of 0.95 on the recovery grid)"
-            )
-        msg = "; ".join(parts)
-        warnings.warn(
-            msg[0].upper()
-            + msg[1:]
-            + ". Refit with cov_type='bootstrap' (parametric bootstrap of the fitted model: "
+        remedy = (
+            "Refit with cov_type='bootstrap' (parametric bootstrap of the fitted model: "
             "bias-corrected estimates and bootstrap standard errors, about n_boot times the "
-            "cost of this fit) or use a longer record",
-            BiasWarning,
-            stacklevel=4,
+            "cost of this fit) or use a longer record"
         )
+        warnings.warn(pred.warning_text(remedy), BiasWarning, stacklevel=4)
 
     def _bootstrap(
         self,
