@@ -86,10 +86,7 @@ class _AutoSpline(SmoothingSpline):
     def _finish_fit(self) -> None:
         per: dict[str, Any] = {}
         for (j, i), st in self.states_.items():
-            key = self.data_.columns[j]
-            label = self.data_.segment_labels[i]
-            if label is not None:
-                key = f"{key}[{label}]"
+            key = self._state_key(j, i)
             info = irw_info(st, int(st.m_chosen or 3))
             info["gcv_by_order"] = dict(st.order_scores)
             per[key] = info

@@ -165,6 +165,12 @@ class Preprocessor(abc.ABC):
         )
 
     # ------------------------------------------------------------------ results
+    def _state_key(self, column: int, segment: int) -> str:
+        """Label of one fitted series in ``info_``: the column, ``column[segment]`` if segmented."""
+        key = str(self.data_.columns[column])
+        label = self.data_.segment_labels[segment]
+        return key if label is None else f"{key}[{label}]"
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "states_"):
             raise DataError(f"{type(self).__name__} is not fitted; call fit(data) first")

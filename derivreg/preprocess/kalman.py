@@ -116,10 +116,7 @@ class KalmanSmoother(Preprocessor):
         m = int(self.order)
         per: dict[str, Any] = {}
         for (j, i), st in self.states_.items():
-            key = self.data_.columns[j]
-            label = self.data_.segment_labels[i]
-            if label is not None:
-                key = f"{key}[{label}]"
+            key = self._state_key(j, i)
             sel = st.selections[m]
             neg2, _ = sel.problem.neg2_loglik(sel.fit, sel.r)
             n_obs = int(st.w.sum())

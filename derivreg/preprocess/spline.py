@@ -498,11 +498,7 @@ class SmoothingSpline(Preprocessor):
         per = {}
         for (j, i), st in self.states_.items():
             if m in st.selections:
-                key = self.data_.columns[j]
-                label = self.data_.segment_labels[i]
-                if label is not None:
-                    key = f"{key}[{label}]"
-                per[key] = irw_info(st, m)
+                per[self._state_key(j, i)] = irw_info(st, m)
         info = dict(getattr(self, "info_", {}) or {})
         info["method"] = self.name
         info[f"m{m}"] = per
