@@ -101,6 +101,8 @@ _MODEL = {
 }
 _ANGLE_SCALE = {"radians": 1.0, "degrees": math.pi / 180.0, "rotations": 2.0 * math.pi}
 _NOISE_WINDOW = 9
+#: consecutive moving samples that confirm the start of motion (see _moving_stretch)
+MOTION_CONFIRM = 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -828,10 +830,13 @@ def prepare_fit_data(
 
     Per test (and drivetrain side), one segment of the fit:
 
-    * **leading zero-voltage rows and stiction**: only the longest contiguous stretch in which
-      the mechanism moves is kept — voltage applied and ``s·v`` above its level at rest (the
-      largest ``|v|`` over the leading 0-V rows) and above three times the velocity noise.
-      Samples held by static friction obey ``a = 0``, not the relation, and are left out.
+    * **leading zero-voltage rows and stiction**: only the stretch in which the mechanism moves
+      is kept — voltage applied and ``s·v`` above its level at rest (the largest ``|v|`` over
+      the leading 0-V rows) and above three times the velocity noise; it ends with the longest
+      such run and starts where motion is first confirmed (``MOTION_CONFIRM`` moving samples,
+      see :func:`_moving_stretch`), so that dips below the threshold at slow speed do not
+      select the rows kept. Samples held by static friction obey ``a = 0``, not the relation,
+      and are left out.
     * **friction sign**: ``s`` is the test's direction of motion (the sign of its mean
       velocity), constant over the segment — never the sign of a noisy velocity near zero; the
       voltage is ``|V|·s`` (SysId's ``copysign``, per test rather than per sample).
@@ -918,11 +923,21 @@ def prepare_fit_data(
 
 
 def _moving_stretch(v: FloatArray, volt: FloatArray, label: str) -> tuple[int, int, float]:
-    """``(start, stop, direction)`` of the longest stretch in which the mechanism moves.
+    """``(start, stop, direction)`` of the stretch in which the mechanism moves.
 
     Direction ``s``: the sign of the mean velocity while voltage is applied. Moving: voltage
     applied and ``s·v`` above both the largest ``|v|`` over the leading 0-V rows and three
-    times the velocity noise (robust first-difference estimate ``1.4826·MAD(Δv)/√2``).
+    times the velocity noise (robust first-difference estimate ``1.4826·MAD(Δv)/√2``). The
+    stretch ends where the longest moving run ends. It starts where motion is first confirmed,
+    not where the longest run starts: when the first run of ``MOTION_CONFIRM`` or more moving
+    samples precedes the longest run (the velocity dipped below the threshold in between, as
+    it does under process noise at the slow start of a ramp) and the voltage stays on, the
+    stretch starts at the last sample of that confirmation window, a time fixed by the past
+    alone. The start of the longest run is the last upward crossing of the threshold: rows
+    after it are selected for never dipping again, a path conditioned to rise, which biased
+    kS by −0.49 SD and kV by +0.45 SD on the recovery grid's motor with process noise
+    (``benchmarks/results/sysid_motor_after.md``). When the first confirmed run is the
+    longest one (a step), its start is kept.
     """
     on = np.flatnonzero(volt != 0)
     if len(on) == 0:
@@ -933,11 +948,21 @@ def _moving_stretch(v: FloatArray, volt: FloatArray, label: str) -> tuple[int, i
     rest = float(np.max(np.abs(v[: on[0]]))) if on[0] > 0 else 0.0
     dv = np.diff(v[on])
     noise = 1.4826 * float(np.median(np.abs(dv - np.median(dv)))) / math.sqrt(2.0) if len(dv) else 0
-    a, b = _longest_run((direction * v > max(rest, 3.0 * noise)) & (volt != 0))
+    moving = (direction * v > max(rest, 3.0 * noise)) & (volt != 0)
+    a, b = _longest_run(moving)
     if b - a < 5:
         raise TooFewPointsError(
             f"segment {label!r}: the mechanism never moves for 5 consecutive samples"
         )
+    padded = np.concatenate([[False], moving, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        if start >= a:
+            break
+        if stop - start >= MOTION_CONFIRM:
+            if np.all(volt[start:b] != 0):
+                a = int(start) + MOTION_CONFIRM - 1
+            break
     return a, b, direction
 
 
