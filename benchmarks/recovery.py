@@ -665,19 +665,26 @@ def merge(base: Path, *topups: Path) -> str:
             if r["estimator"] not in names:
                 names.append(r["estimator"])
     preamble = btext.split("\n## Design", 1)[0].split("\n\n", 1)[1].strip()
-    extra, extra_from = "", base.name
+    extra, extra_from, when = "", base.name, ""
     for path in (base, *topups):  # the motor/anchor sections of the last run that has them
         text = path.read_text()
         if "## Motor" in text:
             extra, extra_from = "## Motor" + text.split("## Motor", 1)[1], path.name
+            dates = [ln[2:] for ln in text.splitlines() if ln.startswith("- date:")]
+            when = f" ({dates[0]})" if dates else ""
     if extra:
-        extra = f"_Motor and anchor sections from {extra_from}._\n\n" + extra
-    note = (
-        "Merged report: the first full run cut R in its early cells to fit its time budget while "
-        "the machine was loaded by other jobs; those cells were run again with the planned R "
-        "in top-up runs (same seeds, so the first replications are identical), whose cells "
-        "replace the first run's. Each cell says which run it comes from.\n\nFirst run:\n\n"
-    )
+        extra = f"_Motor and anchor sections from {extra_from}{when}._\n\n" + extra
+    replaced = sum(1 for cr, _ in merged if cr.source.startswith("from the top-up"))
+    if replaced:
+        note = (
+            "Merged report: the first full run cut R in its early cells to fit its time budget "
+            "while the machine was loaded by other jobs; those cells were run again with the "
+            "planned R in top-up runs (same seeds, so the first replications are identical), "
+            "whose cells replace the first run's. Each cell says which run it comes from."
+            "\n\nFirst run:\n\n"
+        )
+    else:
+        note = f"Report of one full run ({base.name}, its header below).\n\nThe run:\n\n"
     all_est = {r["estimator"] for _, rows in merged for r in rows}
     partial = {
         name: sorted(cr.index for cr, rows in merged if name not in {r["estimator"] for r in rows})
