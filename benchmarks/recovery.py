@@ -734,6 +734,19 @@ def design_table(cells: list[tuple[int, Cell]]) -> str:
     return markdown_table(rows)
 
 
+def cell_section(cr: CellResult, rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of one cell's metric table (heading, provenance, table)."""
+    return [
+        f"### cell {cr.index}: {cr.cell.label}",
+        "",
+        f"τ = {cr.tau:.4g} (SD(x) = {cr.sd_x:.4g}); {len(cr.reps) or cr.n_reps} "
+        f"replications; {cr.seconds:.0f} s wall" + (f"; {cr.source}" if cr.source else ""),
+        "",
+        markdown_table(rows, METRIC_COLS),
+        "",
+    ]
+
+
 def grid_report(
     title: str,
     mode: str,
@@ -763,15 +776,7 @@ def grid_report(
     parts += [summary_table(done, names), ""]
     parts += ["## Per cell", ""]
     for cr, rows in done:
-        parts += [
-            f"### cell {cr.index}: {cr.cell.label}",
-            "",
-            f"τ = {cr.tau:.4g} (SD(x) = {cr.sd_x:.4g}); {len(cr.reps) or cr.n_reps} "
-            f"replications; {cr.seconds:.0f} s wall" + (f"; {cr.source}" if cr.source else ""),
-            "",
-            markdown_table(rows, METRIC_COLS),
-            "",
-        ]
+        parts += cell_section(cr, rows)
     if len(done) < len(cells):
         parts += [
             f"_partial: {len(done)} of {len(cells)} cells done (cells not done: "
@@ -1265,15 +1270,7 @@ def bootstrap_report(done: list[tuple[CellResult, list[dict[str, Any]]]], n_boot
             )
     parts += [markdown_table(rows), "", "## Per cell", ""]
     for cr, rs in done:
-        parts += [
-            f"### cell {cr.index}: {cr.cell.label}",
-            "",
-            f"τ = {cr.tau:.4g} (SD(x) = {cr.sd_x:.4g}); {len(cr.reps) or cr.n_reps} "
-            f"replications; {cr.seconds:.0f} s wall" + (f"; {cr.source}" if cr.source else ""),
-            "",
-            markdown_table(rs, METRIC_COLS),
-            "",
-        ]
+        parts += cell_section(cr, rs)
     return "\n".join(parts)
 
 

@@ -104,6 +104,17 @@ class BiasPrediction:
         name = max(self.bias_se, key=lambda k: abs(self.bias_se[k]))
         return name, self.bias_se[name]
 
+    def as_info(self) -> dict[str, Any]:
+        """The prediction as a results ``info`` entry (``info["small-sample bias"]``)."""
+        return {
+            "predicted bias/SE": dict(self.bias_se),
+            "|a|T": self.time_constants,
+            "process-noise share s": self.noise_share,
+            "process share of one-step variance": self.process_share,
+            "biased": self.biased,
+            "wald under-coverage": self.undercover,
+        }
+
     def warning_text(self, remedy: str) -> str:
         """The BiasWarning message for a flagged fit, ending with ``remedy`` (what to do)."""
         parts = []

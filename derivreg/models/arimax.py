@@ -928,14 +928,7 @@ class ARIMAX(Model):
                 "interval (the direction of motion over the interval)"
             )
         if pred is not None and pred.bias_se:
-            info["small-sample bias"] = {
-                "predicted bias/SE": dict(pred.bias_se),
-                "|a|T": pred.time_constants,
-                "process-noise share s": pred.noise_share,
-                "process share of one-step variance": pred.process_share,
-                "biased": pred.biased,
-                "wald under-coverage": pred.undercover,
-            }
+            info["small-sample bias"] = pred.as_info()
             _warn_small_sample(pred)
         return self.make_results(
             params,

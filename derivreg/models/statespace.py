@@ -963,14 +963,7 @@ class StateSpace(Model):
         if fit.fixed:
             info["noise at zero"] = ", ".join(fit.fixed)
         if pred is not None and pred.bias_se:
-            info["small-sample bias"] = {
-                "predicted bias/SE": dict(pred.bias_se),
-                "|a|T": pred.time_constants,
-                "process-noise share s": pred.noise_share,
-                "process share of one-step variance": pred.process_share,
-                "biased": pred.biased,
-                "wald under-coverage": pred.undercover,
-            }
+            info["small-sample bias"] = pred.as_info()
             if cov_type != "bootstrap":
                 self._warn_bias(pred)
         info.update(boot_info)
