@@ -1425,12 +1425,17 @@ def _plateau_quantisation(
         return gains, gcov, records
     cov = gcov + extra
     se = np.sqrt(np.clip(np.diag(cov.to_numpy()), 0.0, None))
+    return _with_se(gains, se, alpha), cov, records
+
+
+def _with_se(gains: pd.DataFrame, se: Any, alpha: float) -> pd.DataFrame:
+    """A copy of ``gains`` with standard errors ``se`` and the Wald intervals they give."""
     z = stats.norm.ppf(1.0 - alpha / 2.0)
     out = gains.copy()
     out["se"] = se
-    out["lower"] = out["estimate"] - z * se
-    out["upper"] = out["estimate"] + z * se
-    return out, cov, records
+    out["lower"] = out["estimate"] - z * out["se"]
+    out["upper"] = out["estimate"] + z * out["se"]
+    return out
 
 
 #: random rounding-error draws propagated through the fit on under-resolved logs
@@ -1493,12 +1498,7 @@ def _rise_rounding(
     out["added_se"] = dict(zip(gains.index, np.sqrt(np.diag(extra)), strict=True))
     cov = gcov + extra
     se = np.sqrt(np.clip(np.diag(cov.to_numpy()), 0.0, None))
-    z = stats.norm.ppf(1.0 - alpha / 2.0)
-    new = gains.copy()
-    new["se"] = se
-    new["lower"] = new["estimate"] - z * se
-    new["upper"] = new["estimate"] + z * se
-    return new, cov, out
+    return _with_se(gains, se, alpha), cov, out
 
 
 def _timing_ambiguity(
@@ -1516,12 +1516,9 @@ def _timing_ambiguity(
     extra = (gains.loc["kV", "estimate"] * interval) ** 2 / 12.0
     cov = gcov.copy()
     cov.loc["kA", "kA"] += extra
-    z = stats.norm.ppf(1.0 - alpha / 2.0)
-    out = gains.copy()
-    out.loc["kA", "se"] = math.sqrt(max(float(cov.loc["kA", "kA"]), 0.0))
-    out["lower"] = out["estimate"] - z * out["se"]
-    out["upper"] = out["estimate"] + z * out["se"]
-    return out, cov, math.sqrt(extra)
+    se = gains["se"].copy()
+    se.loc["kA"] = math.sqrt(max(float(cov.loc["kA", "kA"]), 0.0))
+    return _with_se(gains, se, alpha), cov, math.sqrt(extra)
 
 
 #: kA is flagged as not determined when the time constant kA/kV spans fewer sample intervals
@@ -1607,13 +1604,7 @@ def _widen(
     se = gains["se"].copy()
     se.loc[common] = np.sqrt(se.loc[common] ** 2 + diff**2)
     scale = (se / gains["se"].where(gains["se"] > 0)).fillna(1.0).to_numpy()
-    z = stats.norm.ppf(1.0 - alpha / 2.0)
-    out = gains.copy()
-    out["se"] = se
-    out["lower"] = out["estimate"] - z * se
-    out["upper"] = out["estimate"] + z * se
-    cov = gcov * np.outer(scale, scale)
-    return out, cov
+    return _with_se(gains, se, alpha), gcov * np.outer(scale, scale)
 
 
 def _widen_disagreeing(
