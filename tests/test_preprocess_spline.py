@@ -14,6 +14,7 @@ from scipy.linalg import cho_solve_banded
 
 import derivreg.preprocess as pp
 from derivreg.exceptions import (
+    ConvergenceError,
     DataError,
     DerivregError,
     MethodNotAvailableError,
@@ -45,6 +46,35 @@ def test_reproduces_polynomials_of_degree_below_m(m: int) -> None:
     est = SmoothingSpline(lam=3.0, penalty_order=m).fit(y, time=t)
     np.testing.assert_allclose(est.derivative(0), y, atol=1e-9 * np.abs(y).max())
     np.testing.assert_allclose(est.derivative(1), dy, atol=1e-8 * np.abs(dy).max())
+
+
+def test_ill_conditioned_solve_is_refused_not_returned() -> None:
+    # septic spline (m = 4) with a knot at every sample and lam_tau = 1e10: Cholesky "succeeds"
+    # but the solution does not reproduce its right-hand side; that must raise, not be used
+    rng = np.random.default_rng(3)
+    tau = np.arange(401.0)
+    y = rng.standard_normal(401)
+    prob = IRWProblem(tau, y, np.ones(401), 4, 1.0, uniform=True)
+    with pytest.raises(ConvergenceError, match="ill-conditioned"):
+        prob.factor(1e10)
+    fit = prob.factor(1e2)  # well-conditioned: fitted values are a contraction of the data
+    assert np.linalg.norm(prob.at_data(fit.mean, 0)) <= np.linalg.norm(y)
+
+
+@pytest.mark.parametrize("criterion", ["reml", "gcv"])
+def test_septic_spline_with_chosen_lambda_fits_the_data(
+    criterion: str, rng: np.random.Generator
+) -> None:
+    # regression: REML's search for m = 4 accepted a broken factorisation (fitted values 100x
+    # the data) because its criterion value was spuriously low
+    t = np.arange(401) * 0.01
+    x = 1.0 / (1.0 + np.exp(-3.0 * (t - 2.0)))
+    dx = 3.0 * x * (1.0 - x)
+    for _ in range(3):
+        y = x + 0.1 * rng.standard_normal(t.size)
+        est = SmoothingSpline(penalty_order=4, criterion=criterion).fit(y, time=t)
+        assert np.sqrt(np.mean((est.derivative(0) - x) ** 2)) < 0.03
+        assert np.sqrt(np.mean((est.derivative(1) - dx)[5:-5] ** 2)) < 0.2
 
 
 @pytest.mark.parametrize("irregular", [False, True])
