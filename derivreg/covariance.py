@@ -7,8 +7,10 @@ For ``θ̂ = (XᵀX)⁻¹ Xᵀ y`` with residuals ``ê`` the estimators are
 * ``"HAC"``: Newey–West with Bartlett weights ``1 - l/(L+1)`` summed within segments only, the
   bandwidth ``L`` chosen automatically by Andrews' (1991) AR(1) plug-in rule unless given;
 * ``"GLS"``-type sandwich: ``(XᵀX)⁻¹ Xᵀ Ω X (XᵀX)⁻¹`` for a known error covariance ``Ω``
-  (:func:`sandwich`);
-* bootstrap: the covariance of refitted coefficients (:func:`bootstrap_cov`).
+  (:func:`sandwich`).
+
+The parametric bootstrap of the state-space form lives with that model
+(:func:`derivreg.models._smallsample.parametric_bootstrap`).
 
 :func:`delta_method` maps a covariance through a smooth function ``g(θ)``:
 ``Cov g(θ̂) ≈ J Cov(θ̂) Jᵀ``, ``J = ∂g/∂θ`` (analytic if given, else central differences).
@@ -28,7 +30,6 @@ from derivreg.exceptions import DataError
 __all__ = [
     "COV_TYPES",
     "andrews_bandwidth",
-    "bootstrap_cov",
     "delta_method",
     "hac_cov",
     "hc_cov",
@@ -225,31 +226,6 @@ def ols_cov(
         cov, lags = hac_cov(X, resid, maxlags=maxlags, segments=segments)
         return cov, {"maxlags": lags}
     raise DataError(f"unknown cov_type {cov_type!r}; choose one of {list(COV_TYPES)}")
-
-
-def bootstrap_cov(
-    refit: Callable[[np.random.Generator], FloatArray],
-    n_boot: int = 200,
-    seed: int | np.random.Generator | None = None,
-) -> tuple[FloatArray, FloatArray]:
-    """Covariance of coefficients refitted on resampled data.
-
-    Parameters
-    ----------
-    refit : callable
-        ``refit(rng)`` draws one bootstrap sample and returns the coefficient vector.
-    n_boot : int
-        Number of replications.
-    seed : int or Generator, optional
-
-    Returns
-    -------
-    cov : ndarray (k, k)
-    draws : ndarray (n_boot, k)
-    """
-    rng = np.random.default_rng(seed)
-    draws = np.array([np.asarray(refit(rng), dtype=float) for _ in range(int(n_boot))])
-    return np.cov(draws, rowvar=False, ddof=1).reshape(draws.shape[1], draws.shape[1]), draws
 
 
 def _numerical_jacobian(fun: Callable[[FloatArray], Any], x: FloatArray) -> FloatArray:
