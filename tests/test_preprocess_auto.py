@@ -14,6 +14,7 @@ import derivreg.preprocess as pp
 from derivreg.exceptions import DataError, TooFewPointsError
 from derivreg.preprocess._banded import SmoothingSearch
 from derivreg.preprocess.auto import AutoDerivative
+from derivreg.preprocess.spline import SmoothingSpline
 
 DT = 0.01
 T = np.arange(0, 4, DT)
@@ -133,8 +134,29 @@ def test_penalty_order_follows_the_signal() -> None:
         est = AutoDerivative().fit(x + 0.1 * rng.standard_normal(len(T)), time=T)
         picks[name] = est.info_["penalty_order"]
         assert set(est.info_["gcv_by_order"]) == {2, 3}
-        assert est.info_["lam"] == pytest.approx(2.0 * est.info_["lam_criterion"])
+        by = est.info_["lam_by_criterion"]
+        assert set(by) == {"reml", "gcv"}
+        assert est.info_["lam"] == pytest.approx(max(by.values()))
     assert picks == {"sine": 3, "triangle": 2}
+
+
+def test_smoothing_is_the_larger_of_reml_and_gcv() -> None:
+    # the rule, checked against the spline fitted by each criterion separately: a smooth
+    # signal (sine: REML undersmooths it, GCV's lam is ~5x larger) and the same at 2e5 points,
+    # where lam is chosen on blocks
+    rng = np.random.default_rng(21)
+    for n, dt in ((401, DT), (200_000, DT)):
+        t = np.arange(n) * dt
+        y = np.sin(2 * np.pi * t) + 0.1 * rng.standard_normal(n)
+        est = AutoDerivative().fit(y, time=t)
+        m = est.info_["penalty_order"]
+        lams = {
+            c: SmoothingSpline(criterion=c, penalty_order=m).fit(y, time=t).info_["lam"]
+            for c in ("reml", "gcv")
+        }
+        assert lams["gcv"] > 2 * lams["reml"]
+        assert est.info_["lam_by_criterion"] == pytest.approx(lams, rel=1e-6)
+        assert est.info_["lam"] == pytest.approx(lams["gcv"], rel=1e-6)
 
 
 def _validation_signals(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -166,3 +188,20 @@ def test_validation_signals_near_oracle_with_calibrated_bands() -> None:
     for name in ratios:
         assert np.mean(ratios[name]) < 1.05, (name, ratios[name])
         assert 0.85 <= np.mean(cover[name]) <= 0.995, (name, cover[name])
+
+
+def test_regressor_target_smooths_by_reml_times_two_and_models_use_it() -> None:
+    from derivreg.models.base import resolve_preprocessor
+
+    rng = np.random.default_rng(4)
+    y = np.sin(2 * np.pi * T) + 0.1 * rng.standard_normal(len(T))
+    est = AutoDerivative(target="regressor").fit(y, time=T)
+    m = est.info_["penalty_order"]
+    reml = SmoothingSpline(penalty_order=m).fit(y, time=T).info_["lam"]
+    assert est.info_["lam"] == pytest.approx(2.0 * reml, rel=1e-6)
+    assert "regressor target" in est.info_["reason"]
+    pre, note = resolve_preprocessor("auto")
+    assert pre.target == "regressor" and "target='regressor'" in note
+    assert resolve_preprocessor("auto", {"target": "derivative"})[0].target == "derivative"
+    with pytest.raises(DataError, match="target"):
+        AutoDerivative(target="rmse").fit(y, time=T)

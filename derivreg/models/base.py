@@ -78,20 +78,18 @@ INPUT_HOLDS = ("zoh", "linear")
 def resolve_preprocessor(method: Any, options: dict[str, Any] | None = None) -> tuple[Any, str]:
     """A derivative preprocessor for a model, and a note on what was used.
 
-    ``"auto"`` falls back to Savitzky–Golay with a cross-validated window while no automatic
-    selection is installed (the note says so).
+    ``"auto"`` is :class:`~derivreg.preprocess.auto.AutoDerivative` with
+    ``target="regressor"`` unless the options say otherwise.
     """
     from derivreg.preprocess import get_preprocessor
 
     opts = dict(options or {})
-    try:
-        pre = get_preprocessor(method, **opts)
-        return pre, repr(pre)
-    except MethodNotAvailableError:
-        if method != "auto":
-            raise
-    pre = get_preprocessor("savgol", **opts)
-    return pre, f"{pre!r} (fallback for 'auto')"
+    if method == "auto":
+        # derivatives as regressors/responses: smoothing tuned for the fit, not the derivative's
+        # own RMSE (see derivreg.preprocess.auto)
+        opts.setdefault("target", "regressor")
+    pre = get_preprocessor(method, **opts)
+    return pre, repr(pre)
 
 
 class Model(abc.ABC):

@@ -84,6 +84,10 @@ class IRWState:
     band: str = "posterior"
     #: lam chosen by the criterion per penalty order, before ``lam_factor`` (tau units)
     lam_base: dict[int, float] = field(default_factory=dict)
+    #: use the larger of the criterion's and GCV's lam (derivative target, see :mod:`.auto`)
+    gcv_floor: bool = False
+    #: lam chosen by GCV per penalty order when ``gcv_floor`` (tau units)
+    lam_gcv: dict[int, float] = field(default_factory=dict)
     bias: dict[tuple[int, int], FloatArray] = field(default_factory=dict)  # (m, order)
     #: penalty order chosen by :func:`fit_irw_select` (None: fixed by the caller)
     m_chosen: int | None = None
@@ -124,6 +128,7 @@ def fit_irw(
     q: float | None = None,
     lam_factor: float = 1.0,
     band: str = "posterior",
+    gcv_floor: bool = False,
 ) -> IRWState:
     """Fit the order-``m`` smoothing spline / IRW smoother to one series.
 
@@ -144,6 +149,9 @@ def fit_irw(
         Multiplies the ``lam`` chosen by ``criterion`` (1: the criterion's own choice).
     band : {"posterior", "calibrated"}
         Kind of pointwise SE (:func:`irw_derivative`).
+    gcv_floor : bool
+        Use the larger of the ``lam`` chosen by ``criterion`` and by GCV (before
+        ``lam_factor``): the derivative target of :mod:`derivreg.preprocess.auto`.
     """
     w = np.isfinite(y).astype(float)
     n_obs = int(w.sum())
@@ -152,6 +160,7 @@ def fit_irw(
             f"the penalty-order-{m} spline needs at least {m + 2} observed points, got {n_obs}"
         )
     state = _state_for(t, y, m, criterion, lam_factor, band, lam, r, q)
+    state.gcv_floor = gcv_floor
     selection_for(state, m)
     return state
 
@@ -212,26 +221,60 @@ def _select(state: IRWState, m: int) -> Selection:
     elif r is not None or q is not None:
         sel = search.search("reml", r=r, q=q)
     else:
-        if m in state.lam_base or len(state.tau) > BLOCK_FROM:
-            # long series: lam from blocks (or chosen before, see fit_irw_select), then one
-            # full-size fit (see block_lambda)
-            n_eval = 0
-            if m not in state.lam_base:
-                state.lam_base[m], n_eval, _ = block_lambda(
+        # lam by the criterion (and by GCV with gcv_floor): on blocks for long series (see
+        # block_lambda), unless chosen before (fit_irw_select); then one fit at the lam used
+        base: Selection | None = None
+        n_eval = 0
+        long = len(state.tau) > BLOCK_FROM
+        parts = None
+        if m not in state.lam_base:
+            if long:
+                state.lam_base[m], n_eval, parts = block_lambda(
                     state.tau, state.z, state.w, m, state.criterion
                 )
-            sel = search.fixed(state.lam_base[m] * state.lam_factor, state.criterion)
-            sel.n_eval += n_eval
+            else:
+                base = search.search(state.criterion)
+                state.lam_base[m], n_eval = base.lam, base.n_eval
+        if state.gcv_floor and m not in state.lam_gcv:
+            state.lam_gcv[m], n_gcv = gcv_lam(state, m, None if long else search, parts)
+            n_eval += n_gcv
+        lam = used_lam(state, m)
+        if base is not None and lam == base.lam:
+            sel = base
         else:
-            sel = search.search(state.criterion)
-            state.lam_base[m] = sel.lam
-            if state.lam_factor != 1.0:
-                base = sel
-                sel = search.fixed(base.lam * state.lam_factor, state.criterion)
-                sel.n_eval = base.n_eval + 1
+            sel = search.fixed(lam, state.criterion)
+            sel.n_eval = n_eval + 1
+            if base is not None and lam == base.lam * state.lam_factor:
                 sel.at_bound = base.at_bound
     state.selections[m] = sel
     return sel
+
+
+def gcv_lam(
+    state: IRWState, m: int, search: SmoothingSearch | None, parts: list[Any] | None = None
+) -> tuple[float, int]:
+    """GCV's ``lam`` (tau units) for ``gcv_floor`` and the number of evaluations.
+
+    ``search``: the series' own search; ``None`` for a long series (blocks, see
+    :func:`~derivreg.preprocess._banded.block_lambda`, reusing ``parts`` when given). The
+    whole range is searched, as ``criterion="gcv"`` does: GCV's curve is flat near its minimum
+    at 1e6 points, and a search started from REML's ``lam`` ended 3x away from it.
+    """
+    if search is None:
+        lam, n_eval, _ = block_lambda(state.tau, state.z, state.w, m, "gcv", parts=parts)
+        return lam, n_eval
+    before = search.n_eval
+    lam = search.search("gcv").lam
+    return lam, search.n_eval - before
+
+
+def used_lam(state: IRWState, m: int) -> float:
+    """The ``lam`` (tau units) fitted: the criterion's, or GCV's if larger and asked for,
+    times ``lam_factor``."""
+    lam = state.lam_base[m]
+    if state.gcv_floor and m in state.lam_gcv:
+        lam = max(lam, state.lam_gcv[m])
+    return lam * state.lam_factor
 
 
 def gcv_score(state: IRWState, m: int) -> float:
@@ -261,10 +304,12 @@ def fit_irw_select(
     criterion: str = "reml",
     lam_factor: float = 1.0,
     band: str = "posterior",
+    gcv_floor: bool = False,
 ) -> IRWState:
     """Fit the spline of every penalty order in ``orders``; keep the one with the best GCV score.
 
-    Each order's ``lam`` is chosen by ``criterion`` and multiplied by ``lam_factor``; the
+    Each order's ``lam`` is chosen by ``criterion`` (the larger of it and GCV's with
+    ``gcv_floor``) and multiplied by ``lam_factor``; the
     orders are compared by the GCV score at that ``lam`` (an estimate of the prediction error,
     comparable across orders, unlike the diffuse likelihoods). Series longer than
     ``BLOCK_FROM`` are scored on the blocks that choose ``lam`` and only the chosen order is
@@ -276,14 +321,20 @@ def fit_irw_select(
     states, scores, n_evals = {}, {}, {}
     for m in orders:  # each order with its own detrending (degree m - 1)
         if len(t) <= BLOCK_FROM:
-            states[m] = fit_irw(t, y, m, criterion=criterion, lam_factor=lam_factor, band=band)
+            states[m] = fit_irw(
+                t, y, m, criterion=criterion, lam_factor=lam_factor, band=band, gcv_floor=gcv_floor
+            )
             scores[m] = gcv_score(states[m], m) * states[m].scale ** 2
         else:
             st = states[m] = _state_for(t, y, m, criterion, lam_factor, band)
+            st.gcv_floor = gcv_floor
             lam, n_block, parts = block_lambda(st.tau, st.z, st.w, m, criterion)
             st.lam_base[m] = lam
+            if gcv_floor:
+                st.lam_gcv[m], n_gcv = gcv_lam(st, m, None, parts)
+                n_block += n_gcv
             n_evals[m] = n_block + len(parts)
-            log10_b = math.log10(lam * lam_factor) / (2 * m)
+            log10_b = math.log10(used_lam(st, m)) / (2 * m)
             # GCV of the standardised blocks; scale back to compare orders (own detrending)
             scores[m] = st.scale**2 * sum(p.evaluate(log10_b, "gcv")[0] for p in parts)
     best = min(scores, key=lambda k: scores[k])
@@ -403,6 +454,11 @@ def irw_info(state: IRWState, m: int) -> dict[str, Any]:
     if state.lam_factor != 1.0 and m in state.lam_base:
         out["lam_factor"] = state.lam_factor
         out["lam_criterion"] = state.lam_base[m] * unit
+    if state.gcv_floor and m in state.lam_gcv:
+        out["lam_by_criterion"] = {
+            state.criterion: state.lam_base[m] * unit,
+            "gcv": state.lam_gcv[m] * unit,
+        }
     if sel.at_bound is not None:
         out["at_bound"] = sel.at_bound
     return out
