@@ -9,14 +9,16 @@ integrated random walk of order ``m``); observations ``y_k = f(t_k) + eps_k``,
 ``Cov eta = q Q``, ``Q_ij = delta^(2m-i-j+1) / ((2m-i-j+1)(m-i)!(m-j)!)`` (METHODS.md section 1).
 
 ``q`` and ``r`` are estimated by maximum likelihood (the diffuse likelihood, ``r`` profiled out
-analytically, ``lam = r / q`` by a one-dimensional search) unless given. The smoothed mean is the
-natural smoothing spline of penalty order ``m`` with ``lam = r / q``; the smoothed state
-covariance gives pointwise SEs of ``f, ..., f^(m-1)``. Missing values (NaN) are skipped by the
-likelihood and still get smoothed estimates. The smoother is computed in O(n) by the banded
-solver shared with :mod:`derivreg.preprocess.spline` (not a Python-loop Kalman filter, which
-would take minutes at 10^6 points); the result is the Rauch-Tung-Striebel smoother's and the
-likelihood equals statsmodels' exact diffuse likelihood up to a constant (tested). Limit: the
-banded information form loses digits when the signal exceeds the noise by ~1e5 in amplitude
+analytically, ``lam = r / q`` by a one-dimensional search) unless given. The smoothed mean is
+the natural smoothing spline of penalty order ``m`` with ``lam = r / q``; the smoothed state
+covariance gives pointwise SEs of ``f, ..., f^(m-1)`` (``band="posterior"``); the default
+``band="calibrated"`` turns them into the frequentist variance plus an estimated squared bias,
+capped at the posterior variance (see :class:`KalmanSmoother`). Missing values (NaN) are skipped
+by the likelihood and still get smoothed estimates. The smoother is computed in O(n) by the
+banded solver shared with :mod:`derivreg.preprocess.spline` (not a Python-loop Kalman filter,
+which would take minutes at 10^6 points); the result is the Rauch-Tung-Striebel smoother's and
+the likelihood equals statsmodels' exact diffuse likelihood up to a constant (tested). Limit:
+the banded information form loses digits when the signal exceeds the noise by ~1e5 in amplitude
 (see :mod:`derivreg.preprocess._banded`); statsmodels' covariance form does not.
 """
 
