@@ -78,12 +78,12 @@ class KalmanSmoother(Preprocessor):
         conservative for derivatives of signals smoother than that). Measured slope coverage
         of the 95% band (401 points, dt = 0.01, noise SD 0.1, 40 draws), calibrated /
         posterior: 0.94-0.98 / 0.97-0.99 on the smooth signals of ``benchmarks/derivatives.py``
-        (numbers in :class:`~derivreg.preprocess.spline.SmoothingSpline`); draws of the walk
-        itself 0.906 / 0.948 (order 2), 0.889 / 0.930 (order 3); with 50 of the 401 points
-        missing (a 0.5 s gap), inside the gap: sum of sines 0.996 / 0.998, smooth GP draws
-        0.968 / 0.994, walk draws 0.896 / 0.928 (order 2), 0.828 / 0.874 (order 3). The
-        default was ``"posterior"`` before (it over-covers smooth signals: 0.97-0.99).
-        ``derivative_cov`` is the posterior covariance in both cases.
+        (numbers in :class:`~derivreg.preprocess.spline.SmoothingSpline`); over 200 draws of
+        the walk itself 0.914 / 0.943 (order 2), 0.893 / 0.927 (order 3); with 50 of the 401
+        points missing (a 0.5 s gap), inside the gap (200 draws): sum of sines 0.986 / 0.998,
+        smooth GP draws 0.959 / 0.984, walk draws 0.911 / 0.939 (order 2), 0.854 / 0.901
+        (order 3). The default was ``"posterior"`` before (it over-covers the slope of smooth
+        signals: 0.97-0.99). ``derivative_cov`` is the posterior covariance in both cases.
     """
 
     name: ClassVar[str] = "kalman"

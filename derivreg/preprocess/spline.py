@@ -476,11 +476,11 @@ class SmoothingSpline(Preprocessor):
         0.971 / 0.994, triangle wave away from its corners 0.973 / 0.974 (0.79 / 0.79 with
         them), logistic 0.949 / 0.972, linear3 0.960 / 0.990, chirp 0.976 / 0.993,
         exponential decay 0.943 / 0.965, smooth GP draws 0.973 / 0.991; draws of the
-        integrated random walk itself (the prior; penalty order = walk order) 0.906 / 0.948
-        (cubic), 0.889 / 0.930 (quintic). The previous calibrated band (without the missed
-        share and the cap) gave 0.922-0.973 on the smooth signals, 0.917 on the triangle and
-        0.73 / 0.84 on the walk draws. ``derivative_cov`` is the posterior covariance in both
-        cases.
+        integrated random walk itself (the prior; penalty order = walk order, 200 draws)
+        0.914 / 0.943 (cubic), 0.893 / 0.927 (quintic). The previous calibrated band
+        (without the missed share and the cap) gave 0.922-0.973 on the smooth signals, 0.917
+        on the triangle and 0.73 / 0.84 on the walk draws. ``derivative_cov`` is the posterior
+        covariance in both cases.
     """
 
     name: ClassVar[str] = "spline"
