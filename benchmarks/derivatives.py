@@ -22,8 +22,7 @@ derivative).
 Coverage is reported per signal. The triangle's derivative is a square wave: no smoother can
 cover it at the jumps, so its coverage is also given excluding the points within
 ``KINK_ZONE`` = 0.1 s (10 samples) of a corner ("coverage excl. kinks"). Beside the defaults,
-``spline`` with the posterior band and ``kalman`` with the calibrated band are listed (see
-``SmoothingSpline(band=...)``).
+``spline`` and ``kalman`` with the posterior band are listed (see ``SmoothingSpline(band=...)``).
 
 Part 1b, validation signals: a chirp, an exponential decay and random draws of a smooth
 Gaussian process (squared-exponential kernel, length 0.3 s, via 200 random Fourier features;
@@ -246,7 +245,7 @@ PEERS: dict[str, Estimator] = {
 #: derivreg methods with non-default options
 VARIANTS: dict[str, Estimator] = {
     "spline (band=posterior)": derivreg_estimator("spline", band="posterior"),
-    "kalman (band=calibrated)": derivreg_estimator("kalman", band="calibrated"),
+    "kalman (band=posterior)": derivreg_estimator("kalman", band="posterior"),
 }
 #: peers whose tuning is slow: at most this many noise draws
 SLOW_PEERS = {"pynumdiff butterdiff + optimize": 3}
@@ -351,7 +350,7 @@ def validation(reps: int) -> list[dict[str, Any]]:
     inner = slice(EDGE, t.size - EDGE)
     ests: dict[str, Estimator] = {m: derivreg_estimator(m) for m in VALIDATION_METHODS[:3]}
     ests["spline (band=posterior)"] = VARIANTS["spline (band=posterior)"]
-    ests["kalman (band=calibrated)"] = VARIANTS["kalman (band=calibrated)"]
+    ests["kalman (band=posterior)"] = VARIANTS["kalman (band=posterior)"]
     ests["scipy make_smoothing_spline (GCV)"] = scipy_gcv
     rng = np.random.default_rng(99)
     noise = rng.normal(0.0, NOISE_SD, (reps, t.size))
@@ -571,9 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         "estimate (RMSE over those); coverage = share of interior points inside the "
         "pointwise 95% band (methods with standard errors), per signal; coverage excl. kinks "
         f"= the triangle's coverage without the points within {KINK_ZONE} s of a corner (its "
-        "derivative jumps there: no smoother covers a jump); bands: `spline` and `auto` "
-        "calibrated (frequentist variance + estimated squared bias), `kalman` posterior "
-        "(the model's smoothed state SD), the other kind listed as a variant; time = median "
+        "derivative jumps there: no smoother covers a jump); bands: `spline`, `kalman` and "
+        "`auto` calibrated (frequentist variance + estimated squared bias, capped at the "
+        "posterior), the posterior band (the model's smoothed state SD) listed as a variant; "
+        "time = median "
         "per fit (fit + derivative), peers' tuning included.\n"
     )
     text.append("## Summary: RMSE / oracle (lower is better)\n")

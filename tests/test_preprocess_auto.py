@@ -155,8 +155,10 @@ def test_smoothing_is_the_larger_of_reml_and_gcv() -> None:
             for c in ("reml", "gcv")
         }
         assert lams["gcv"] > 2 * lams["reml"]
-        assert est.info_["lam_by_criterion"] == pytest.approx(lams, rel=1e-6)
-        assert est.info_["lam"] == pytest.approx(lams["gcv"], rel=1e-6)
+        # a series searched whole walks GCV only from REML's lam / 10 up (fewer evaluations):
+        # the same minimum to the search's tolerance (0.005 in log10 b: 2-4% in lam)
+        assert est.info_["lam_by_criterion"] == pytest.approx(lams, rel=0.05)
+        assert est.info_["lam"] == est.info_["lam_by_criterion"]["gcv"]
 
 
 def _validation_signals(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

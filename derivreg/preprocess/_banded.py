@@ -845,9 +845,12 @@ def _refine(
 ) -> tuple[float, float]:
     """Minimise ``f`` from the bracket ``a < b < c`` (``f(b)`` below both ends) to ``tol / 2``.
 
-    Parabolic steps through the bracket, golden-section steps where the parabola is unusable;
-    when the parabola lands within ``tol / 2`` of ``b`` the points ``b +- tol / 2`` are tried
-    (the vertex's side first), and the search ends when neither improves on ``b``. Values
+    Parabolic steps through the bracket, golden-section steps where the parabola is unusable
+    or, as in Brent's method, its step is not below half the step before last (on a curve flat
+    on one side and steep on the other the parabola's vertex otherwise creeps towards the
+    minimum: 15 steps for GCV at 2e4 points); when the parabola lands within ``tol / 2`` of ``b``
+    the points ``b +- tol / 2`` are tried (the vertex's side first), and the search ends when
+    neither improves on ``b``. Values
     already known to a memoised ``f`` cost nothing (the walk's grid). Returns the best point and
     its value; when ``b`` is not below both ends (the knots differ from the walk's), the best of
     the three points.
@@ -862,12 +865,14 @@ def _refine(
     def closed(side: int) -> bool:
         return side in tested or (c - b <= h if side > 0 else b - a <= h)
 
+    steps = [math.inf, math.inf]  # the last two steps
     for _ in range(max_eval):
         den = (b - a) * (fb - fc) - (b - c) * (fb - fa)
         num = (b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)
         x = b - 0.5 * num / den if den < 0 else math.nan
-        if not a < x < c:
+        if not a < x < c or abs(x - b) >= 0.5 * steps[0]:
             x = b + gold * (c - b) if c - b > b - a else b - gold * (b - a)
+        steps = [steps[1], abs(x - b)]
         if abs(x - b) < h:
             side = 1 if x >= b else -1
             if closed(side):
