@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.optimize as sopt
 import scipy.stats as sst
 
-from derivreg.exceptions import DataError, DerivregError
+from derivreg.exceptions import DataError, DerivregError, DerivregWarning
 from derivreg.preprocess import derivative, get_preprocessor
 from derivreg.preprocess.gp import KERNELS, GaussianProcess, kernel_derivative
 
@@ -323,3 +325,17 @@ def test_band_coverage_long_estimated_hyperparameters(order: int) -> None:
         np.random.default_rng(200 + order), reps=400, order=order, fixed=False, n=100
     )
     assert 0.92 <= cov <= 0.97, (cov, mcse)
+
+
+def test_flat_likelihood_on_few_points_gives_finite_bands_not_overflow() -> None:
+    # regression: 12 points of an undersampled sine; the hyperparameter Hessian was nearly
+    # singular and the Laplace sigma points overflowed (math range error). They are now kept
+    # inside the search box and the result is finite.
+    u = np.linspace(0.0, 1.0, 12)
+    y = 0.001 * np.sin(2 * np.pi * 2.9 * u + 0.3) - 0.00707
+    y = y + 2.4e-5 * np.random.default_rng(0).standard_normal(12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DerivregWarning)
+        est = GaussianProcess().fit(y, time=3724.5 * u)
+        d, se = est.derivative(1, return_se=True)
+    assert np.all(np.isfinite(d)) and np.all(np.isfinite(se)) and np.all(se > 0)

@@ -480,22 +480,35 @@ class GaussianProcess(Preprocessor):
         except np.linalg.LinAlgError:
             state.uncertainty = "plug-in (likelihood Hessian not positive definite)"
             return
+        # sigma points stay inside the search box: a flat likelihood (few points, a Hessian near
+        # singular) put them at exp(1e3) and overflowed; the posterior is truncated to the box
+        lo = np.array([bounds[nm][0] for nm in inner])
+        hi = np.array([bounds[nm][1] for nm in inner])
         comps = []
-        for j in range(d):
-            for sgn in (1.0, -1.0):
-                th = theta + sgn * math.sqrt(d) * root[:, j]
-                p = dict(fixed)
-                p.update({nm: math.exp(v) for nm, v in zip(inner, th, strict=True)})
-                comps.append(
-                    self._condition(
-                        state.t0, state.span, state.y_mean, state.y_scale, state.x, z, p, 0
+        clipped = False
+        try:
+            for j in range(d):
+                for sgn in (1.0, -1.0):
+                    raw = theta + sgn * math.sqrt(d) * root[:, j]
+                    th = np.clip(raw, lo, hi)
+                    clipped = clipped or bool(np.any(th != raw))
+                    p = dict(fixed)
+                    p.update({nm: math.exp(v) for nm, v in zip(inner, th, strict=True)})
+                    comps.append(
+                        self._condition(
+                            state.t0, state.span, state.y_mean, state.y_scale, state.x, z, p, 0
+                        )
                     )
-                )
+        except ConvergenceError:
+            state.uncertainty = "plug-in (a sigma point's covariance is not positive definite)"
+            return
         state.mixture = comps
         sd = np.sqrt(np.diag(root @ root.T))
         state.uncertainty = "laplace, SD of " + ", ".join(
             f"log {nm}: {v:.2g}" for nm, v in zip(inner, sd, strict=True)
         )
+        if clipped:
+            state.uncertainty += " (sigma points truncated to the search bounds)"
 
     @staticmethod
     def _cholesky(k: FloatArray) -> tuple[FloatArray, bool]:
