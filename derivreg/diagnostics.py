@@ -172,6 +172,54 @@ def ljung_box(resid: FloatArray, lags: int | None = None) -> tuple[float, float,
     return q, float(stats.chi2.sf(q, lags)), int(lags)
 
 
+#: input-hold check: warn below this p-value
+HOLD_CHECK_ALPHA = 1e-3
+
+
+def input_hold_check(
+    standardized: Sequence[FloatArray], inputs: Sequence[FloatArray]
+) -> tuple[float, float, int]:
+    """Do one-step innovations follow the inputs' changes between samples? Wald test.
+
+    Under the model the standardized innovation ``e_k`` (of observation ``k`` given the past)
+    is white with unit variance and uncorrelated with anything known before ``t_k``, including
+    the input change ``d_k = u_k - u_(k-1)`` over the interval ``(t_(k-1), t_k]``. The two
+    input holds integrate that interval differently by an amount proportional to ``d_k``, so
+    a wrong ``input_hold`` leaves ``e_k`` correlated with ``d_k``. The statistic is
+    ``e'D (D'D)^-1 D'e ~ chi2(p)`` with ``D`` the changes of the ``p`` input columns, pooled
+    over segments (the first sample of each and missing innovations skipped).
+
+    Returns the statistic, its p-value and ``p`` (NaN, NaN, 0 when no input changes).
+    """
+    from scipy import stats
+
+    es, ds = [], []
+    for e, u in zip(standardized, inputs, strict=True):
+        e = np.asarray(e, dtype=float)
+        u = np.asarray(u, dtype=float).reshape(len(e), -1)
+        if len(e) < 2 or u.shape[1] == 0:
+            continue
+        d = np.diff(u, axis=0)
+        ok = np.isfinite(e[1:]) & np.all(np.isfinite(d), axis=1)
+        es.append(e[1:][ok])
+        ds.append(d[ok])
+    if not es:
+        return float("nan"), float("nan"), 0
+    e = np.concatenate(es)
+    D = np.vstack(ds)
+    keep = np.any(D != 0, axis=0)
+    D = D[:, keep]
+    if D.shape[1] == 0 or e.size <= D.shape[1] + 2:
+        return float("nan"), float("nan"), 0
+    g = D.T @ e
+    try:
+        stat = float(g @ np.linalg.solve(D.T @ D, g))
+    except np.linalg.LinAlgError:
+        return float("nan"), float("nan"), 0
+    dof = int(D.shape[1])
+    return stat, float(stats.chi2.sf(stat, dof)), dof
+
+
 def steady_state_share(
     highest: FloatArray,
     inputs: FloatArray | None,
