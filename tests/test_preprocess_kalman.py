@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from math import factorial
-
 import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
+from _irw import irw_matrices, irw_states
 from scipy.interpolate import make_smoothing_spline
 
 import derivreg.preprocess as pp
 from derivreg.exceptions import DataError, MethodNotAvailableError, TooFewPointsError
 from derivreg.preprocess.kalman import KalmanSmoother
-
-
-def _irw_matrices(delta: float, m: int, q: float) -> tuple[np.ndarray, np.ndarray]:
-    """T and q*Q of METHODS.md section 1 for one spacing."""
-    tr, cov = np.zeros((m, m)), np.zeros((m, m))
-    for i in range(m):
-        for j in range(m):
-            if j >= i:
-                tr[i, j] = delta ** (j - i) / factorial(j - i)
-            p = 2 * m - 1 - i - j
-            cov[i, j] = q * delta**p / (p * factorial(m - 1 - i) * factorial(m - 1 - j))
-    return tr, cov
 
 
 def _statsmodels_smoother(t: np.ndarray, y: np.ndarray, m: int, q: float, r: float):
@@ -33,7 +20,7 @@ def _statsmodels_smoother(t: np.ndarray, y: np.ndarray, m: int, q: float, r: flo
     mod = sm.tsa.statespace.MLEModel(y, k_states=m, k_posdef=m)
     tr, cov = np.zeros((m, m, n)), np.zeros((m, m, n))
     for k in range(n):
-        tr[:, :, k], cov[:, :, k] = _irw_matrices(delta[min(k, n - 2)], m, q)
+        tr[:, :, k], cov[:, :, k] = irw_matrices(delta[min(k, n - 2)], m, q)
     mod.ssm["design"] = np.eye(1, m)
     mod.ssm["obs_cov"] = [[r]]
     mod.ssm["transition"] = tr
@@ -44,11 +31,7 @@ def _statsmodels_smoother(t: np.ndarray, y: np.ndarray, m: int, q: float, r: flo
 
 
 def _simulate_irw(t: np.ndarray, m: int, q: float, r: float, rng: np.random.Generator):
-    x = np.zeros((len(t), m))
-    x[0] = rng.standard_normal(m)
-    for k, d in enumerate(np.diff(t)):
-        tr, cov = _irw_matrices(d, m, q)
-        x[k + 1] = tr @ x[k] + np.linalg.cholesky(cov) @ rng.standard_normal(m)
+    x = irw_states(t, m, q, rng)
     return x, x[:, 0] + np.sqrt(r) * rng.standard_normal(len(t))
 
 

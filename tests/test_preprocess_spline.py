@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from _irw import irw_states
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.interpolate import make_smoothing_spline
@@ -440,26 +441,6 @@ def test_calibrated_band_covers_near_nominal_on_smooth_signals_long() -> None:
         assert 0.93 <= c <= 0.98, (name, cal)
 
 
-def _irw_draw(t: np.ndarray, m: int, q: float, rng: np.random.Generator) -> np.ndarray:
-    """States ``(f, f', ...)`` of an order-``m`` integrated random walk (the prior) on ``t``."""
-    from math import factorial
-
-    d = t[1] - t[0]
-    tr, cov = np.zeros((m, m)), np.zeros((m, m))
-    for i in range(m):
-        for j in range(m):
-            if j >= i:
-                tr[i, j] = d ** (j - i) / factorial(j - i)
-            p = 2 * m - 1 - i - j
-            cov[i, j] = q * d**p / (p * factorial(m - 1 - i) * factorial(m - 1 - j))
-    chol = np.linalg.cholesky(cov)
-    x = np.zeros((len(t), m))
-    x[0] = rng.standard_normal(m)
-    for k in range(len(t) - 1):
-        x[k + 1] = tr @ x[k] + chol @ rng.standard_normal(m)
-    return x
-
-
 def _prior_draw_coverage(m: int, reps: int, seed: int) -> tuple[float, float]:
     """Slope coverage (calibrated, posterior) on draws of the prior itself, 401 points."""
     t = np.arange(401) * 0.01
@@ -467,7 +448,7 @@ def _prior_draw_coverage(m: int, reps: int, seed: int) -> tuple[float, float]:
     cal, post = [], []
     for r in range(reps):
         rng = np.random.default_rng(seed + r)
-        x = _irw_draw(t, m, 30.0, rng)
+        x = irw_states(t, m, 30.0, rng)
         y = x[:, 0] + 0.1 * rng.standard_normal(len(t))
         st_ = fit_irw(t, y, m)
         d, s_cal = irw_derivative(st_, 1, m, band="calibrated")
