@@ -53,6 +53,7 @@ import pandas as pd
 from derivreg._threads import blas_limit
 from derivreg._typing import FloatArray, NanPolicy
 from derivreg.diagnostics import (
+    HOLD_CHECK_ALPHA,
     STEADY_STATE_WARN,
     Diagnostics,
     check_identification,
@@ -61,6 +62,7 @@ from derivreg.diagnostics import (
     steady_state_share,
 )
 from derivreg.exceptions import (
+    BiasWarning,
     DataError,
     DerivregWarning,
     ExcitationWarning,
@@ -263,6 +265,31 @@ class Model(abc.ABC):
     ) -> None:
         """Raise :class:`IdentificationError` for constant or collinear design columns."""
         check_identification(X, names, allow_constant=("Intercept", *allow_constant))
+
+    def report_input_timing(
+        self, stat: float, pval: float, dof: int, extra: dict[str, Any]
+    ) -> float:
+        """Summary line and BiasWarning for :func:`~derivreg.diagnostics.input_hold_check`.
+
+        Returns the p-value (NaN when the inputs never change).
+        """
+        if not np.isfinite(pval):
+            return pval
+        other = "zoh" if self.input_hold == "linear" else "linear"
+        extra["Input hold check"] = f"chi2({dof}) = {stat:.3g}, p = {pval:.2g}"
+        if pval < HOLD_CHECK_ALPHA:
+            warnings.warn(
+                f"the one-step innovations follow the inputs' changes between samples (chi2("
+                f"{dof}) = {stat:.3g}, p = {pval:.2g}): the inputs do not act on the response as "
+                "the model assumes, and every coefficient is biased. Either they do not behave as "
+                f"input_hold={self.input_hold!r} assumes between samples (refit with "
+                f"input_hold={other!r}; held: a logged set-point, steps, a square wave), or the "
+                "response lags them by a dead time the relation lacks (shift the input column); "
+                "compare the log-likelihoods",
+                BiasWarning,
+                stacklevel=5,
+            )
+        return pval
 
     def diagnose(
         self,

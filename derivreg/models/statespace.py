@@ -47,7 +47,7 @@ from statsmodels.tools.numdiff import approx_hess3
 from statsmodels.tsa.statespace.kalman_filter import KalmanFilter
 
 from derivreg._typing import FloatArray
-from derivreg.diagnostics import HOLD_CHECK_ALPHA, input_hold_check
+from derivreg.diagnostics import input_hold_check
 from derivreg.discretize import discretize, hold_mask, unique_steps
 from derivreg.exceptions import (
     BiasWarning,
@@ -1003,24 +1003,9 @@ class StateSpace(Model):
         cols = [j for j, term in enumerate(rel.exog_terms) if term.kind == "exogenous"]
         if not cols:
             return float("nan")
-        stat, pval, dof = input_hold_check(fit.standardized, [s[2][:, cols] for s in segs])
-        if not np.isfinite(pval):
-            return pval
-        other = "zoh" if self.input_hold == "linear" else "linear"
-        extra["Input hold check"] = f"chi2({dof}) = {stat:.3g}, p = {pval:.2g}"
-        if pval < HOLD_CHECK_ALPHA:
-            warnings.warn(
-                f"the one-step innovations follow the inputs' changes between samples (chi2("
-                f"{dof}) = {stat:.3g}, p = {pval:.2g}): the inputs do not act on the response as "
-                "the model assumes, and every coefficient is biased. Either they do not behave as "
-                f"input_hold={self.input_hold!r} assumes between samples (refit with "
-                f"input_hold={other!r}; held: a logged set-point, steps, a square wave), or the "
-                "response lags them by a dead time the relation lacks (shift the input column); "
-                "compare the log-likelihoods",
-                BiasWarning,
-                stacklevel=4,
-            )
-        return pval
+        return self.report_input_timing(
+            *input_hold_check(fit.standardized, [s[2][:, cols] for s in segs]), extra
+        )
 
     # ------------------------------------------------------------------ small-sample bias
     def _bias_prediction(
