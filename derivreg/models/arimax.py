@@ -842,7 +842,7 @@ class ARIMAX(Model):
         Measured on the case of the state-space check (a square wave held between samples
         fitted as ``input_hold="linear"``: ``a`` +1.5 for a true -4.9): chi2(1) = 53.
         """
-        cols = [j for j, term in enumerate(rel.exog_terms) if term.kind == "exogenous"]
+        cols = rel.input_columns
         if not cols or not (fit.sigma2 > 0):
             return float("nan")
         e = np.asarray(fit.resid, dtype=float)

@@ -592,6 +592,12 @@ class LinearRelation:
     exog_hold: list[str]
     nonlinear: list[str]
 
+    @property
+    def input_columns(self) -> list[int]:
+        """Columns of :meth:`exog_values` that are inputs (not the intercept or nonlinear
+        terms): the ones integrated under ``input_hold``."""
+        return [j for j, term in enumerate(self.exog_terms) if term.kind == "exogenous"]
+
     def exog_values(
         self,
         columns: dict[tuple[str, int], FloatArray],
@@ -1000,7 +1006,7 @@ class StateSpace(Model):
         best input lag (3 samples, the highest likelihood) passes (p = 0.39); lags 0-2 and 4-6
         give p = 1e-9 to 1e-42.
         """
-        cols = [j for j, term in enumerate(rel.exog_terms) if term.kind == "exogenous"]
+        cols = rel.input_columns
         if not cols:
             return float("nan")
         return self.report_input_timing(
